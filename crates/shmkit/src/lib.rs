@@ -1,0 +1,36 @@
+//! # shmkit
+//!
+//! Python's `multiprocessing.shared_memory`, for Rust: named POSIX shared
+//! memory segments that CPython 3.9–3.13 processes can share with Rust
+//! processes, byte for byte.
+//!
+//! ```
+//! use shmkit::SharedMemory;
+//!
+//! // One process creates a segment under a fresh `psm_xxxxxxxx` name…
+//! let shm = SharedMemory::create(1024)?;
+//! shm.write_at(0, b"howdy")?;
+//!
+//! // …another attaches by that name (here the same process, for brevity).
+//! let other = SharedMemory::open(shm.name())?;
+//! assert_eq!(other.read_vec(0, 5)?, b"howdy");
+//!
+//! // Whoever is last removes the name.
+//! shm.unlink()?;
+//! # Ok::<(), shmkit::Error>(())
+//! ```
+//!
+//! Memory that another process may write is never handed out as a safe
+//! `&[u8]`: see [`Region`] for the ways in.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod name;
+mod region;
+mod segment;
+mod sys;
+
+pub use error::{Error, NameProblem, Result};
+pub use region::Region;
+pub use segment::{exists, unlink, Options, RenameFlags, SharedMemory};

@@ -1,0 +1,458 @@
+//! [`SharedMemory`]: a named block of memory that processes share, the
+//! seeds' central concept.
+
+use std::ops::Deref;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::name;
+use crate::region::Region;
+use crate::sys::{self, Disposition};
+
+/// How many generated names [`Options::create`] tries before it gives up.
+/// Names have 32 random bits, so reaching this means something other than
+/// chance is answering `EEXIST`.
+const NAME_ATTEMPTS: usize = 1000;
+
+/// Flags for [`SharedMemory::rename`], with the values CPython gives
+/// `SHM_RENAME_NOREPLACE` and `SHM_RENAME_EXCHANGE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RenameFlags(u32);
+
+impl RenameFlags {
+    /// Replace any segment that already has the new name (the default).
+    pub const REPLACE: RenameFlags = RenameFlags(0);
+    /// Fail with [`Error::AlreadyExists`] if the new name is taken.
+    pub const NOREPLACE: RenameFlags = RenameFlags(1);
+    /// Swap the two names atomically; both must exist.
+    pub const EXCHANGE: RenameFlags = RenameFlags(2);
+
+    /// Flags from their raw value; unknown bits are refused.
+    pub fn from_bits(bits: u32) -> Result<Self> {
+        if bits & !3 != 0 {
+            return Err(Error::InvalidFlags("unknown rename flag"));
+        }
+        Ok(RenameFlags(bits))
+    }
+
+    /// The raw value.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    fn has(self, other: RenameFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for RenameFlags {
+    type Output = RenameFlags;
+    fn bitor(self, rhs: RenameFlags) -> RenameFlags {
+        RenameFlags(self.0 | rhs.0)
+    }
+}
+
+/// Settings for creating or opening a segment; [`SharedMemory`]'s
+/// constructors use the defaults.
+///
+/// ```
+/// use shmkit::Options;
+/// let shm = Options::new().mode(0o640).reserve(false).create(1 << 20)?;
+/// assert_eq!(shm.size(), 1 << 20);
+/// shm.unlink()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    mode: u32,
+    reserve: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mode: 0o600,
+            reserve: true,
+        }
+    }
+}
+
+impl Options {
+    /// Mode `0600` and reserved pages, as [`SharedMemory::create`] uses.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The permission bits of a created segment (before the umask), `0600`
+    /// by default as in CPython.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether creation allocates every page up front (`fallocate`), so that
+    /// a full `/dev/shm` fails the create with [`Error::NoSpace`] instead of
+    /// killing a later write with `SIGBUS`. On by default.
+    ///
+    /// The cost: memory is committed at creation rather than at first touch,
+    /// and creation takes time in proportion to the size (the kernel zeroes
+    /// each page once, which a first write would otherwise do). Turn it off
+    /// for large segments that will stay sparse.
+    pub fn reserve(mut self, reserve: bool) -> Self {
+        self.reserve = reserve;
+        self
+    }
+
+    /// Creates a segment of `size` bytes under a fresh `psm_xxxxxxxx` name,
+    /// retrying while generated names collide.
+    pub fn create(&self, size: usize) -> Result<SharedMemory> {
+        for _ in 0..NAME_ATTEMPTS {
+            match self.create_named(&name::generate(), size) {
+                Err(Error::AlreadyExists { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Io {
+            op: "create",
+            name: name::PREFIX.to_owned(),
+            source: std::io::Error::from_raw_os_error(Errno::EXIST.raw_os_error()),
+        })
+    }
+
+    /// Creates a segment of `size` bytes named `name`; fails with
+    /// [`Error::AlreadyExists`] if the name is taken.
+    pub fn create_named(&self, name: &str, size: usize) -> Result<SharedMemory> {
+        self.open_with(name, Disposition::CreateNew, Some(size))
+    }
+
+    /// Attaches to the existing segment `name`, at its full size.
+    pub fn open(&self, name: &str) -> Result<SharedMemory> {
+        self.open_with(name, Disposition::Open, None)
+    }
+
+    /// Attaches to `name`, creating it first if it does not exist. `size`, if
+    /// given, is applied to a segment found empty (one this call created);
+    /// an existing segment keeps its size.
+    pub fn open_or_create(&self, name: &str, size: Option<usize>) -> Result<SharedMemory> {
+        self.open_with(name, Disposition::OpenOrCreate, size)
+    }
+
+    fn open_with(
+        &self,
+        name: &str,
+        disposition: Disposition,
+        size: Option<usize>,
+    ) -> Result<SharedMemory> {
+        let bare = name::validate(name)?;
+        if let Some(size) = size {
+            check_size(size)?;
+        }
+        let fd = sys::shm_open(bare, disposition, self.mode)
+            .map_err(|e| Error::from_errno("open", bare, e))?;
+        let created = disposition == Disposition::CreateNew;
+        match self.size_and_map(bare, &fd, disposition, size) {
+            Ok(region) => Ok(SharedMemory {
+                name: bare.to_owned(),
+                region,
+                fd,
+            }),
+            Err(err) => {
+                // Never leave a half-made segment behind (CPython leaks one
+                // here); an attach must not unlink what it did not create.
+                if created {
+                    let _ = sys::shm_unlink(bare);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn size_and_map(
+        &self,
+        name: &str,
+        fd: &OwnedFd,
+        disposition: Disposition,
+        size: Option<usize>,
+    ) -> Result<Region> {
+        let size = match (disposition, size) {
+            (Disposition::CreateNew, Some(size)) => {
+                self.resize(name, fd, size)?;
+                // Linux keeps the requested size exactly; no fstat needed.
+                size
+            }
+            _ => {
+                let found = stat_size(name, fd)?;
+                match size {
+                    Some(size) if found == 0 => {
+                        self.resize(name, fd, size)?;
+                        size
+                    }
+                    _ => found,
+                }
+            }
+        };
+        if size == 0 {
+            return Err(Error::Empty {
+                name: name.to_owned(),
+            });
+        }
+        let ptr = sys::map(fd, size).map_err(|e| Error::from_errno("map", name, e))?;
+        Ok(Region::from_raw(ptr, size))
+    }
+
+    fn resize(&self, name: &str, fd: &OwnedFd, size: usize) -> Result<()> {
+        let size64 = size as u64;
+        let result = if self.reserve {
+            sys::reserve(fd, size64)
+        } else {
+            sys::truncate(fd, size64)
+        };
+        result.map_err(|e| match e {
+            Errno::NOSPC | Errno::FBIG => Error::NoSpace {
+                name: name.to_owned(),
+                size: size64,
+            },
+            e => Error::from_errno("resize", name, e),
+        })
+    }
+}
+
+fn check_size(size: usize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::InvalidSize {
+            size: 0,
+            reason: "a segment must have at least one byte",
+        });
+    }
+    if size > isize::MAX as usize {
+        return Err(Error::InvalidSize {
+            size: size as u64,
+            reason: "larger than the address space",
+        });
+    }
+    Ok(())
+}
+
+fn stat_size(name: &str, fd: &OwnedFd) -> Result<usize> {
+    let st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
+    usize::try_from(st.st_size).map_err(|_| Error::InvalidSize {
+        size: st.st_size as u64,
+        reason: "larger than the address space",
+    })
+}
+
+/// A named POSIX shared memory segment, mapped into this process.
+///
+/// Names and bytes are those of CPython's `multiprocessing.shared_memory`,
+/// so a Python process and a Rust process can share one segment. Dropping
+/// the handle unmaps it and closes its descriptor ("close"); the segment
+/// itself lives on until someone calls [`unlink`](Self::unlink).
+///
+/// Bytes are reached through the [`Region`] it dereferences to: copies, atomic
+/// views and raw pointers, because other processes may write at any time.
+///
+/// ```
+/// use shmkit::SharedMemory;
+///
+/// let a = SharedMemory::create(4096)?;
+/// a.write_at(0, b"hello")?;
+///
+/// let b = SharedMemory::open(a.name())?; // as another process would
+/// assert_eq!(b.read_vec(0, 5)?, b"hello");
+/// assert_eq!(b.size(), 4096);
+///
+/// a.unlink()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedMemory {
+    name: String,
+    region: Region,
+    fd: OwnedFd,
+}
+
+impl SharedMemory {
+    /// Creates a segment of `size` bytes under a fresh `psm_xxxxxxxx` name.
+    #[doc(alias = "shm_open")]
+    pub fn create(size: usize) -> Result<Self> {
+        Options::new().create(size)
+    }
+
+    /// Creates a segment of `size` bytes named `name`.
+    ///
+    /// ```
+    /// use shmkit::{Error, SharedMemory};
+    /// let name = format!("doc_create_named_{}", std::process::id());
+    /// let shm = SharedMemory::create_named(&name, 10)?;
+    /// assert!(matches!(
+    ///     SharedMemory::create_named(&name, 10),
+    ///     Err(Error::AlreadyExists { .. })
+    /// ));
+    /// shm.unlink()?;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn create_named(name: &str, size: usize) -> Result<Self> {
+        Options::new().create_named(name, size)
+    }
+
+    /// Attaches to the existing segment `name`.
+    ///
+    /// ```
+    /// use shmkit::{Error, SharedMemory};
+    /// assert!(matches!(
+    ///     SharedMemory::open("no_such_segment_here"),
+    ///     Err(Error::NotFound { .. })
+    /// ));
+    /// ```
+    pub fn open(name: &str) -> Result<Self> {
+        Options::new().open(name)
+    }
+
+    /// Settings for the less common ways to create or open a segment.
+    pub fn options() -> Options {
+        Options::new()
+    }
+
+    /// The name, without a leading slash.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The size in bytes, as the segment had when it was mapped.
+    pub fn size(&self) -> usize {
+        self.region.len()
+    }
+
+    /// The mapped bytes (also reachable through `Deref`).
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Removes the name from the system. Processes that have the segment
+    /// mapped keep it; the memory is freed when the last of them lets go.
+    #[doc(alias = "shm_unlink")]
+    pub fn unlink(&self) -> Result<()> {
+        unlink(&self.name)
+    }
+
+    /// Gives the segment another name, atomically.
+    ///
+    /// With [`RenameFlags::REPLACE`] a segment that had `new_name` loses it;
+    /// [`RenameFlags::NOREPLACE`] fails instead; [`RenameFlags::EXCHANGE`]
+    /// swaps the two names. CPython offers this only on FreeBSD; on Linux it
+    /// is `renameat2` inside `/dev/shm`.
+    ///
+    /// ```
+    /// use shmkit::{RenameFlags, SharedMemory};
+    /// let mut shm = SharedMemory::create(8)?;
+    /// let new = format!("doc_rename_{}", std::process::id());
+    /// shm.rename(&new, RenameFlags::NOREPLACE)?;
+    /// assert_eq!(shm.name(), new);
+    /// shm.unlink()?;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn rename(&mut self, new_name: &str, flags: RenameFlags) -> Result<()> {
+        let new = name::validate(new_name)?;
+        let exchange = flags.has(RenameFlags::EXCHANGE);
+        let noreplace = flags.has(RenameFlags::NOREPLACE);
+        if exchange && noreplace {
+            return Err(Error::InvalidFlags(
+                "EXCHANGE and NOREPLACE cannot be combined",
+            ));
+        }
+        match sys::rename(&self.name, new, exchange, noreplace) {
+            Ok(()) => {
+                self.name = new.to_owned();
+                Ok(())
+            }
+            Err(Errno::NOENT) => {
+                // Either name may be the missing one under EXCHANGE.
+                let missing = if exchange && exists(&self.name) {
+                    new
+                } else {
+                    &self.name
+                };
+                Err(Error::NotFound {
+                    name: missing.to_owned(),
+                })
+            }
+            Err(Errno::EXIST) => Err(Error::AlreadyExists {
+                name: new.to_owned(),
+            }),
+            Err(e) => Err(Error::from_errno("rename", &self.name, e)),
+        }
+    }
+
+    /// Unmaps the segment and closes its descriptor; the same as dropping it.
+    pub fn close(self) {}
+
+    /// Closes the descriptor but keeps the memory mapped, as a [`Region`]
+    /// that unmaps when dropped. Bindings use this so that views into the
+    /// memory can outlive an explicit close.
+    pub fn into_region(self) -> Region {
+        self.region
+    }
+}
+
+impl Deref for SharedMemory {
+    type Target = Region;
+    fn deref(&self) -> &Region {
+        &self.region
+    }
+}
+
+impl AsFd for SharedMemory {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for SharedMemory {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Removes the segment `name` from the system (`shm_unlink`).
+///
+/// ```
+/// use shmkit::{unlink, Error};
+/// assert!(matches!(unlink("never_made_here"), Err(Error::NotFound { .. })));
+/// ```
+#[doc(alias = "shm_unlink")]
+pub fn unlink(name: &str) -> Result<()> {
+    let bare = name::validate(name)?;
+    sys::shm_unlink(bare).map_err(|e| Error::from_errno("unlink", bare, e))
+}
+
+/// Whether a segment called `name` exists.
+pub fn exists(name: &str) -> bool {
+    name::validate(name).is_ok_and(sys::exists)
+}
+
+/// Serialized as its name alone, so a handle can travel to another process
+/// in any serde format.
+impl serde::Serialize for SharedMemory {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+/// Deserializing a name attaches to that segment.
+///
+/// ```
+/// # let shm = shmkit::SharedMemory::create(8)?;
+/// let json = serde_json::to_string(&shm).unwrap();
+/// let again: shmkit::SharedMemory = serde_json::from_str(&json).unwrap();
+/// assert_eq!(again.name(), shm.name());
+/// # shm.unlink()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for SharedMemory {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        SharedMemory::open(&name).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,116 @@
+//! Linux: POSIX shared memory is a file in the tmpfs at `/dev/shm`, so the
+//! `shm_*` calls are the file calls glibc would make, and rename, which POSIX
+//! lacks, is `renameat2` inside that directory.
+
+use std::ffi::c_void;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+
+use rustix::fs::{self, FallocateFlags, Mode, OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+use rustix::mm::{self, MapFlags, ProtFlags};
+
+/// Where glibc and CPython keep POSIX shared memory on Linux.
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+fn path(name: &str) -> String {
+    let mut p = String::with_capacity(SHM_DIR.len() + 1 + name.len());
+    p.push_str(SHM_DIR);
+    p.push('/');
+    p.push_str(name);
+    p
+}
+
+/// How [`shm_open`] treats a name that does or does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// Fail with `ENOENT` if the name is free.
+    Open,
+    /// Create the name if it is free, else open it.
+    OpenOrCreate,
+    /// Fail with `EEXIST` if the name is taken.
+    CreateNew,
+}
+
+/// `shm_open(name, O_RDWR | …, mode)`, with the `O_NOFOLLOW | O_CLOEXEC` that
+/// glibc adds.
+pub(crate) fn shm_open(name: &str, disposition: Disposition, mode: u32) -> Result<OwnedFd, Errno> {
+    let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match disposition {
+        Disposition::Open => {}
+        Disposition::OpenOrCreate => flags |= OFlags::CREATE,
+        Disposition::CreateNew => flags |= OFlags::CREATE | OFlags::EXCL,
+    }
+    fs::openat(CWD, path(name), flags, Mode::from_raw_mode(mode))
+}
+
+/// `shm_unlink(name)`.
+pub(crate) fn shm_unlink(name: &str) -> Result<(), Errno> {
+    fs::unlinkat(CWD, path(name), fs::AtFlags::empty())
+}
+
+/// Gives the segment `size` bytes backed by real pages, so that running out of
+/// room in `/dev/shm` is an `ENOSPC` now rather than a `SIGBUS` at first
+/// touch. Falls back to a sparse `ftruncate` where `fallocate` is not
+/// supported (a `/dev/shm` that is not tmpfs).
+pub(crate) fn reserve(fd: impl AsFd, size: u64) -> Result<(), Errno> {
+    match fs::fallocate(&fd, FallocateFlags::empty(), 0, size) {
+        Err(Errno::OPNOTSUPP) => fs::ftruncate(&fd, size),
+        other => other,
+    }
+}
+
+/// `ftruncate(fd, size)`: sets the size without reserving pages.
+pub(crate) fn truncate(fd: impl AsFd, size: u64) -> Result<(), Errno> {
+    fs::ftruncate(fd, size)
+}
+
+/// The size, mode and owner of an open segment.
+pub(crate) fn fstat(fd: impl AsFd) -> Result<fs::Stat, Errno> {
+    fs::fstat(fd)
+}
+
+/// `renameat2` inside `/dev/shm`.
+pub(crate) fn rename(old: &str, new: &str, exchange: bool, noreplace: bool) -> Result<(), Errno> {
+    let mut flags = RenameFlags::empty();
+    if exchange {
+        flags |= RenameFlags::EXCHANGE;
+    }
+    if noreplace {
+        flags |= RenameFlags::NOREPLACE;
+    }
+    fs::renameat_with(CWD, path(old), CWD, path(new), flags)
+}
+
+/// Maps `len` bytes of `fd` shared and read-write.
+pub(crate) fn map(fd: impl AsFd, len: usize) -> Result<NonNull<u8>, Errno> {
+    // SAFETY: a fresh mapping at an address the kernel chooses cannot overlap
+    // memory Rust knows about; what the pointer may be used for is the
+    // business of `Region`, which owns it from here on.
+    let ptr = unsafe {
+        mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)
+}
+
+/// Unmaps a mapping made by [`map`].
+///
+/// # Safety
+/// `ptr` and `len` must come from one call of [`map`], and nothing may use
+/// the memory afterwards.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<(), Errno> {
+    // SAFETY: forwarded to the caller.
+    unsafe { mm::munmap(ptr.as_ptr().cast::<c_void>(), len) }
+}
+
+/// Whether `/dev/shm` has an entry called `name` (whoever may open it).
+pub(crate) fn exists(name: &str) -> bool {
+    fs::statat(CWD, path(name), fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
+}

@@ -1,0 +1,13 @@
+//! The only place in the crate that makes system calls.
+//!
+//! Each platform gets one module with the same functions; only Linux is
+//! implemented and tested today. Everything here takes names that
+//! [`crate::name::validate`] has already accepted.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("shmkit supports Linux only for now; see sys/mod.rs for where a port goes");
