@@ -1,0 +1,320 @@
+"""Helpers for the shmkit pytest suite.
+
+Imported by ``conftest.py`` and the test modules, and by the children that
+``multiprocessing`` starts (spawn and forkserver children import the targets
+below by module name, so they must live in a plain module, not in a test
+file or in conftest).
+"""
+
+import errno
+import functools
+import glob
+import importlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+
+DEV_SHM = "/dev/shm"
+
+# Names the tests choose themselves start with this, so that a leak is easy to
+# attribute and to clean by hand: ls /dev/shm | grep shmkit_t
+TEST_PREFIX = "shmkit_t"
+
+GENERATED_NAME = re.compile(r"\Apsm_[0-9a-f]{8}\Z")
+
+STDLIB_MODULE = "multiprocessing.shared_memory"
+SHMKIT_MODULE = "shmkit.shared_memory"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def unique_name(tag="seg"):
+    """A fresh segment name of our own, e.g. ``shmkit_t1234_basics_0a1b2c3d``."""
+    return f"{TEST_PREFIX}{os.getpid()}_{tag}_{secrets.token_hex(4)}"
+
+
+def shm_path(name):
+    return os.path.join(DEV_SHM, name.lstrip("/"))
+
+
+def segment_exists(name):
+    return os.path.lexists(shm_path(name))
+
+
+def remove_segment(name):
+    """Removes ``/dev/shm/<name>`` if it is there; True if it was."""
+    try:
+        os.unlink(shm_path(name))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def is_shmkit(mod):
+    return mod.__name__.split(".")[0] == "shmkit"
+
+
+def has_track(mod):
+    """Whether ``SharedMemory`` takes ``track=`` (stdlib 3.13+, shmkit always)."""
+    return is_shmkit(mod) or sys.version_info >= (3, 13)
+
+
+def untrack(mod, shm):
+    """Stops this process's resource tracker from unlinking ``shm`` at exit.
+
+    Needed where a segment is attached (not created) by a stdlib that always
+    tracks (3.8-3.12, gh-82300): without it, that process's tracker would
+    unlink a segment that belongs to someone else when it exits.
+    """
+    if is_shmkit(mod):
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.unregister(shm._name, "shared_memory")
+
+
+def attach_untracked(mod, name):
+    """Attaches to ``name`` without making this process responsible for it."""
+    if has_track(mod):
+        return mod.SharedMemory(name, track=False)
+    shm = mod.SharedMemory(name)
+    untrack(mod, shm)
+    return shm
+
+
+def open_fds():
+    """The descriptors this process has open (Linux)."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+# --------------------------------------------------------------------------
+# Whose is a segment? Other people (another developer's benchmark, another
+# pytest run) may use /dev/shm while the suite runs: a new entry counts as
+# this test's only if no live process outside this process's tree holds it.
+
+_OWNED = re.compile(r"\A" + re.escape(TEST_PREFIX) + r"(\d+)_")
+
+
+def _process_parents():
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _own_tree(parents):
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return ours
+
+
+def _held_by(pids, paths):
+    """The subset of ``paths`` that any of ``pids`` has open or mapped."""
+    held = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target in paths:
+                    held.add(target)
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                for line in f:
+                    parts = line.split(None, 5)
+                    if len(parts) == 6:
+                        target = os.fsdecode(parts[5].rstrip(b"\n"))
+                        if target in paths:
+                            held.add(target)
+        except OSError:
+            continue
+    return held
+
+
+def new_segments(before):
+    """Entries of /dev/shm that appeared since the listing ``before`` and that
+    belong to this process's tree (see above), sorted."""
+    new = set(os.listdir(DEV_SHM)) - set(before)
+    if not new:
+        return []
+    parents = _process_parents()
+    ours = _own_tree(parents)
+    foreign = set(parents) - ours
+    mine = set()
+    for name in new:
+        m = _OWNED.match(name)
+        if m and int(m.group(1)) != os.getpid() and int(m.group(1)) in foreign:
+            continue  # another live run's name
+        mine.add(name)
+    paths = {shm_path(n): n for n in mine}
+    for path in _held_by(foreign, set(paths)):
+        mine.discard(paths[path])
+    return sorted(n for n in mine if segment_exists(n))
+
+
+# --------------------------------------------------------------------------
+# Other interpreters
+
+
+def _version_of(python):
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=foreign_env(),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _patch_key(path, version):
+    # .../versions/3.11.7/bin/python3.11 -> 7, so the newest patch wins.
+    m = re.search(re.escape(version) + r"\.(\d+)", path)
+    return int(m.group(1)) if m else -1
+
+
+@functools.lru_cache(maxsize=None)
+def find_cpython(version):
+    """Path of a CPython ``version`` ("3.11", "3.13"), or None.
+
+    Looked for in order: $SHMKIT_PY311 / $SHMKIT_PY313, pyenv's versions
+    (``pyenv root``, $PYENV_ROOT, ~/.pyenv), then ``python3.X`` on PATH (a
+    pyenv shim there may refuse to run another version, hence the check that
+    each candidate runs and is the version asked for).
+    """
+    candidates = []
+    env_var = "SHMKIT_PY" + version.replace(".", "")
+    if os.environ.get(env_var):
+        candidates.append(os.environ[env_var])
+    roots = []
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            out = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                roots.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if os.environ.get("PYENV_ROOT"):
+        roots.append(os.environ["PYENV_ROOT"])
+    roots.append(os.path.expanduser("~/.pyenv"))
+    for root in dict.fromkeys(roots):
+        found = glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python" + version))
+        found = [p for p in found if re.search(re.escape(version) + r"\.\d+/bin/", p)]
+        candidates += sorted(found, key=lambda p: _patch_key(p, version), reverse=True)
+    on_path = shutil.which("python" + version)
+    if on_path:
+        candidates.append(on_path)
+    if "%d.%d" % sys.version_info[:2] == version:
+        candidates.append(sys.executable)
+    for python in dict.fromkeys(candidates):
+        if os.access(python, os.X_OK) and _version_of(python) == version:
+            return python
+    return None
+
+
+def foreign_env(extra=None):
+    """Environment for an interpreter other than this one: without the
+    PYTHONPATH/PYTHONHOME that may point at this interpreter's packages."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def child_env(extra=None):
+    """Environment for a child of this very interpreter: the same packages
+    (shmkit, numpy) must import there, so PYTHONPATH is kept and sys.path's
+    own entries are added to it."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([old] if old else []))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_python(code, python=None, *, args=(), env=None, timeout=60, input=None):
+    """Runs ``python -c code`` (default: this interpreter) and returns the
+    CompletedProcess, with text stdout and stderr."""
+    if python is None:
+        python = sys.executable
+        if env is None:
+            env = child_env()
+    elif env is None:
+        env = foreign_env()
+    return subprocess.run(
+        [python, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        input=input,
+    )
+
+
+def describe(proc):
+    """A failed child, told in full for an assertion message."""
+    return (
+        f"rc={proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+
+
+# --------------------------------------------------------------------------
+# Targets for multiprocessing children (fork, spawn, forkserver)
+
+
+def mp_attach_by_name_and_write(modname, name, data):
+    mod = importlib.import_module(modname)
+    shm = mod.SharedMemory(name)
+    try:
+        shm.buf[: len(data)] = data
+    finally:
+        shm.close()
+
+
+def mp_write_to_object(shm, data):
+    # Under spawn and forkserver, ``shm`` arrived pickled: it attached by name.
+    try:
+        shm.buf[: len(data)] = data
+    finally:
+        shm.close()
+
+
+def mp_unpickle_and_write(pickled, data):
+    import pickle
+
+    shm = pickle.loads(pickled)
+    try:
+        shm.buf[: len(data)] = data
+    finally:
+        shm.close()
+
+
+def errno_name(code):
+    return errno.errorcode.get(code, str(code))
