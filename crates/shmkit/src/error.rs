@@ -121,6 +121,9 @@ pub enum Error {
     /// Flags that cannot be combined.
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),
+    /// A [`ShareableList`](crate::ShareableList) operation was refused.
+    #[error(transparent)]
+    List(#[from] crate::list::ListError),
     /// Any other failure of a system call.
     #[error("{op} of shared memory segment {name:?} failed: {source}")]
     Io {

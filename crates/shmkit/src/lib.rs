@@ -26,11 +26,13 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod list;
 pub mod name;
 mod region;
 mod segment;
 mod sys;
 
 pub use error::{Error, NameProblem, Result};
+pub use list::ShareableList;
 pub use region::Region;
 pub use segment::{exists, unlink, Options, RenameFlags, SharedMemory};
