@@ -35,4 +35,4 @@ mod sys;
 pub use error::{Error, NameProblem, Result};
 pub use list::ShareableList;
 pub use region::Region;
-pub use segment::{exists, unlink, Options, RenameFlags, SharedMemory};
+pub use segment::{exists, rename, unlink, Options, RenameFlags, SharedMemory};

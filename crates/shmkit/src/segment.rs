@@ -354,46 +354,13 @@ impl SharedMemory {
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub fn rename(&mut self, new_name: &str, flags: RenameFlags) -> Result<()> {
-        let new = name::validate(new_name)?;
-        let exchange = flags.has(RenameFlags::EXCHANGE);
-        let noreplace = flags.has(RenameFlags::NOREPLACE);
-        if exchange && noreplace {
-            return Err(Error::InvalidFlags(
-                "EXCHANGE and NOREPLACE cannot be combined",
-            ));
-        }
-        match sys::rename(&self.name, new, exchange, noreplace) {
-            Ok(()) => {
-                self.name = new.to_owned();
-                Ok(())
-            }
-            Err(Errno::NOENT) => {
-                // Either name may be the missing one under EXCHANGE.
-                let missing = if exchange && exists(&self.name) {
-                    new
-                } else {
-                    &self.name
-                };
-                Err(Error::NotFound {
-                    name: missing.to_owned(),
-                })
-            }
-            Err(Errno::EXIST) => Err(Error::AlreadyExists {
-                name: new.to_owned(),
-            }),
-            Err(e) => Err(Error::from_errno("rename", &self.name, e)),
-        }
+        rename(&self.name, new_name, flags)?;
+        self.name = name::validate(new_name)?.to_owned();
+        Ok(())
     }
 
     /// Unmaps the segment and closes its descriptor; the same as dropping it.
     pub fn close(self) {}
-
-    /// Closes the descriptor but keeps the memory mapped, as a [`Region`]
-    /// that unmaps when dropped. Bindings use this so that views into the
-    /// memory can outlive an explicit close.
-    pub fn into_region(self) -> Region {
-        self.region
-    }
 }
 
 impl Deref for SharedMemory {
@@ -425,6 +392,37 @@ impl AsRawFd for SharedMemory {
 pub fn unlink(name: &str) -> Result<()> {
     let bare = name::validate(name)?;
     sys::shm_unlink(bare).map_err(|e| Error::from_errno("unlink", bare, e))
+}
+
+/// Renames the segment `old` to `new_name`, atomically; see
+/// [`SharedMemory::rename`] for the flags.
+pub fn rename(old: &str, new_name: &str, flags: RenameFlags) -> Result<()> {
+    let old = name::validate(old)?;
+    let new = name::validate(new_name)?;
+    let exchange = flags.has(RenameFlags::EXCHANGE);
+    let noreplace = flags.has(RenameFlags::NOREPLACE);
+    if exchange && noreplace {
+        return Err(Error::InvalidFlags(
+            "EXCHANGE and NOREPLACE cannot be combined",
+        ));
+    }
+    sys::rename(old, new, exchange, noreplace).map_err(|e| match e {
+        Errno::NOENT => {
+            // Under EXCHANGE either name may be the missing one.
+            let missing = if exchange && sys::exists(old) {
+                new
+            } else {
+                old
+            };
+            Error::NotFound {
+                name: missing.to_owned(),
+            }
+        }
+        Errno::EXIST => Error::AlreadyExists {
+            name: new.to_owned(),
+        },
+        e => Error::from_errno("rename", old, e),
+    })
 }
 
 /// Whether a segment called `name` exists.

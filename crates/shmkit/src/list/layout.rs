@@ -226,6 +226,8 @@ fn corrupt(reason: String) -> Error {
 pub struct Layout {
     /// Absolute offsets of the N slots, then of the format area.
     starts: Box<[usize]>,
+    /// `starts[N]`, kept apart so the typed fast paths need no lookup.
+    formats: usize,
 }
 
 impl std::fmt::Debug for Layout {
@@ -238,6 +240,14 @@ impl std::fmt::Debug for Layout {
 }
 
 impl Layout {
+    fn new(starts: Vec<usize>) -> Self {
+        let formats = *starts.last().expect("N+1 starts");
+        Layout {
+            starts: starts.into(),
+            formats,
+        }
+    }
+
     /// Reads and validates the header and offset table of the list in `src`.
     ///
     /// Refuses, with [`ListError::Corrupt`], a negative count, a count or
@@ -311,7 +321,7 @@ impl Layout {
             )));
         }
         let starts = offsets.iter().map(|&o| data_start + o as usize).collect();
-        Ok(Layout { starts })
+        Ok(Layout::new(starts))
     }
 
     /// The layout a new list of `values` gets: each `int`, `float`, `bool`
@@ -342,9 +352,7 @@ impl Layout {
         }
         starts.push(pos);
         match pos.checked_add(9 * n) {
-            Some(total) if total <= isize::MAX as usize => Ok(Layout {
-                starts: starts.into(),
-            }),
+            Some(total) if total <= isize::MAX as usize => Ok(Layout::new(starts)),
             _ => Err(too_large()),
         }
     }
@@ -439,7 +447,7 @@ impl Layout {
     /// Where the format area starts.
     #[inline]
     pub fn formats_offset(&self) -> usize {
-        self.starts[self.len()]
+        self.formats
     }
 
     /// Where the code area starts.

@@ -1,0 +1,17 @@
+"""shmkit: Python's multiprocessing.shared_memory, re-implemented in Rust.
+
+``from shmkit import shared_memory`` is a drop-in for
+``from multiprocessing import shared_memory``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import shared_memory
+from .shared_memory import SharedMemory
+
+try:
+    __version__ = version("shmkit")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["SharedMemory", "shared_memory", "__version__"]
