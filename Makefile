@@ -1,0 +1,59 @@
+# The two commands a newcomer needs:
+#   make demo   — build shmkit and run the demo
+#   make test   — build shmkit and run every test (what CI runs)
+# Everything they need (Python venvs with maturin, pytest, numpy) is installed
+# here, into .venv-3.11 and .venv-3.13 beside this file.
+
+SHELL := /bin/bash
+PYTHONS ?= 3.11 3.13
+DEMO_PYTHON ?= 3.11
+PIP_PACKAGES := maturin pytest numpy hypothesis mypy
+CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
+
+.PHONY: demo test rust-test python-test venvs develop clean-venvs shm-check-start shm-check-end
+
+demo: .venv-$(DEMO_PYTHON)/.developed
+	.venv-$(DEMO_PYTHON)/bin/python -m shmkit demo
+
+test: shm-check-start rust-test python-test shm-check-end
+
+rust-test:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test $(CARGO_TEST_CRATES)
+
+python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
+	@set -e; for v in $(PYTHONS); do \
+	  echo "=== pytest on CPython $$v ==="; \
+	  .venv-$$v/bin/python -m pytest -q tests/python; \
+	done
+
+develop: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
+
+# A venv per interpreter, with the tools pinned only loosely: they are the
+# test harness, not part of shmkit.
+.venv-%/.installed:
+	rm -rf .venv-$*
+	"$$(scripts/find-python $*)" -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q $(PIP_PACKAGES)
+	touch $@
+
+# Rebuilt whenever Rust or Python sources change.
+.venv-%/.developed: .venv-%/.installed $(shell find crates python -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name Cargo.toml 2>/dev/null) Cargo.toml pyproject.toml
+	VIRTUAL_ENV=$(CURDIR)/.venv-$* .venv-$*/bin/maturin develop --release -q
+	touch $@
+
+# Tests must leave /dev/shm as they found it.
+SHM_BEFORE := target/shm-before.txt
+shm-check-start:
+	@mkdir -p target && ls -1 /dev/shm | sort > $(SHM_BEFORE)
+
+shm-check-end:
+	@ls -1 /dev/shm | sort | comm -13 $(SHM_BEFORE) - > target/shm-new.txt; \
+	if [ -s target/shm-new.txt ]; then \
+	  echo "FAIL: the tests left these in /dev/shm:"; cat target/shm-new.txt; exit 1; \
+	else echo "/dev/shm: nothing left behind"; fi
+
+clean-venvs:
+	rm -rf .venv-*
