@@ -10,6 +10,8 @@ DEMO_PYTHON ?= 3.11
 PIP_PACKAGES := maturin pytest numpy hypothesis mypy
 CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
+.PRECIOUS: .venv-%/.installed .venv-%/.developed
+
 .PHONY: demo test rust-test python-test venvs develop clean-venvs shm-check-start shm-check-end
 
 demo: .venv-$(DEMO_PYTHON)/.developed

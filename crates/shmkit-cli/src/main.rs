@@ -9,7 +9,11 @@ use shmkit::SharedMemory;
 mod hexdump;
 
 #[derive(Parser)]
-#[command(name = "shmkit", version, about = "See and decode POSIX shared memory segments")]
+#[command(
+    name = "shmkit",
+    version,
+    about = "See and decode POSIX shared memory segments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

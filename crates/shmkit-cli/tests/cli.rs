@@ -33,7 +33,10 @@ fn show_hexdumps_a_range() {
 #[test]
 fn show_reports_bad_input_without_a_panic() {
     for (args, want) in [
-        (vec!["show", "no_such_segment_for_cli_test"], "does not exist"),
+        (
+            vec!["show", "no_such_segment_for_cli_test"],
+            "does not exist",
+        ),
         (vec!["show", "a/b"], "invalid shared memory name"),
     ] {
         let out = shmkit(&args);
@@ -46,5 +49,7 @@ fn show_reports_bad_input_without_a_panic() {
     let _guard = Unlink(shm.name().to_owned());
     let out = shmkit(&["show", shm.name(), "--offset", "4", "--length", "8"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("outside a segment"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("outside a segment"));
 }
