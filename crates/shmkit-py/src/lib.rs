@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pyo3::exceptions::{PyBufferError, PyFileExistsError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -158,6 +158,22 @@ fn open_segment(
     mode: u32,
     reserve: bool,
 ) -> PyResult<Segment> {
+    open_core(py, name, create, exclusive, size, mode, reserve)
+        .map(Segment::new)
+        .map_err(|e| to_pyerr(e, name))
+}
+
+/// [`open_segment`] with the core's error, which callers can match on
+/// before it becomes an exception.
+fn open_core(
+    py: Python<'_>,
+    name: &str,
+    create: bool,
+    exclusive: bool,
+    size: Option<usize>,
+    mode: u32,
+    reserve: bool,
+) -> Result<SharedMemory, Error> {
     let opts = Options::new().mode(mode).reserve(reserve);
     let open = || match (create, exclusive, size) {
         (true, true, Some(size)) => opts.create_named(name, size),
@@ -166,11 +182,10 @@ fn open_segment(
     };
     // Releasing the GIL costs more than a small open takes; only reserving
     // many pages (the kernel zeroes them) is slow enough to be worth it.
-    let result = match size {
+    match size {
         Some(size) if create && reserve && size >= RELEASE_GIL_ABOVE => py.detach(open),
         _ => open(),
-    };
-    result.map(Segment::new).map_err(|e| to_pyerr(e, name))
+    }
 }
 
 /// The work of `SharedMemory.__init__`: CPython's argument checks, in its
@@ -228,7 +243,7 @@ fn init_shared_memory<'py>(
         loop {
             let candidate = module.getattr(intern!(py, "_make_filename"))?.call0()?;
             let candidate_str = candidate.cast::<PyString>()?.to_str()?;
-            match open_segment(
+            match open_core(
                 py,
                 candidate_str,
                 want_create,
@@ -237,8 +252,9 @@ fn init_shared_memory<'py>(
                 mode,
                 true,
             ) {
-                Err(e) if e.is_instance_of::<PyFileExistsError>(py) => continue,
-                other => break (other?, candidate),
+                Err(Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(to_pyerr(e, candidate_str)),
+                Ok(shm) => break (Segment::new(shm), candidate),
             }
         }
     } else {
