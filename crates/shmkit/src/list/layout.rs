@@ -731,8 +731,9 @@ fn looks_like_38(size: usize, sizes: &[i64]) -> bool {
         }
         data = data.saturating_add(s as u64);
     }
+    // n <= size / 17, so only the sum of sizes can overflow.
     let n = sizes.len() as u64;
-    !sizes.is_empty() && (n + 1) * 8 + data.saturating_add(9 * n) <= size as u64
+    !sizes.is_empty() && data.saturating_add(17 * n + 8) <= size as u64
 }
 
 /// Writes `data` then zeros up to `width` bytes, as `struct` packs `<width>s`.
@@ -966,6 +967,15 @@ mod tests {
             list_error(Layout::attach(&old[..])),
             ListError::Python38Layout
         );
+        // Sizes whose sum overflows (found by the fuzzer) are not 3.8's.
+        let mut huge = old.clone();
+        for i in 1..=7 {
+            huge[8 * i..8 * i + 8].copy_from_slice(&(i64::MAX & !7).to_ne_bytes());
+        }
+        assert!(matches!(
+            list_error(Layout::attach(&huge[..])),
+            ListError::Corrupt { .. }
+        ));
         // 3.8's empty list is the count alone.
         assert_eq!(
             list_error(Layout::attach(&[0u8; 8][..])),
