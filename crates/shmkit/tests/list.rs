@@ -528,3 +528,67 @@ fn a_child_process_sees_and_makes_writes() {
         [Value::from("from the child"), Value::Int(42), Value::None]
     );
 }
+
+// ---------------------------------------------------------------------------
+// The fuzz target's body, on stable Rust
+
+#[path = "../../../fuzz/common/list_decode.rs"]
+mod list_decode;
+
+mod fuzz_body {
+    use super::list_decode;
+    use proptest::prelude::*;
+    use shmkit::list::{layout::Layout, Value, ValueRef};
+
+    fn image(values: &[Value]) -> Vec<u8> {
+        Layout::encode(&values.iter().map(ValueRef::from).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Float),
+            any::<bool>().prop_map(Value::Bool),
+            Just(Value::None),
+            "[a-zé€]{0,12}".prop_map(Value::Str),
+            proptest::collection::vec(1u8.., 0..20).prop_map(Value::Bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            list_decode::run(&data);
+        }
+
+        #[test]
+        fn on_damaged_lists(
+            values in proptest::collection::vec(value(), 0..12),
+            damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+        ) {
+            let mut data = image(&values);
+            for (at, b) in damage {
+                let at = at % data.len();
+                data[at] = b;
+            }
+            // Sometimes cut the segment short, sometimes pad it.
+            match cut % 4 {
+                0 => data.truncate(cut / 4 % (data.len() + 1)),
+                1 => data.extend(std::iter::repeat_n(0xa5, cut / 4 % 64)),
+                _ => {}
+            }
+            list_decode::run(&data);
+        }
+    }
+}
+
+/// Bindings hold lists across threads (and PyO3 classes must be `Send`).
+#[test]
+fn lists_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<ShareableList>();
+    check::<shmkit::list::layout::Layout>();
+}
