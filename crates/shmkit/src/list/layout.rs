@@ -253,9 +253,10 @@ impl Layout {
     /// Refuses, with [`ListError::Corrupt`], a negative count, a count or
     /// data size the bytes cannot hold, and offsets that do not start at 0,
     /// decrease, or are not multiples of 8; with [`ListError::Python38Layout`]
-    /// a list written by Python 3.8. Memory allocated is at most half of
-    /// `src.size()`. The format and code of each item are checked later, at
-    /// each access.
+    /// a list written by Python 3.8. The count is checked against
+    /// `src.size()` before anything is allocated, so memory use is bounded
+    /// by the segment's size (about 8 bytes per item, a few times over). The
+    /// format and code of each item are checked later, at each access.
     ///
     /// ```
     /// use shmkit::list::layout::Layout;
