@@ -111,9 +111,9 @@ def dev_shm_unchanged(request):
     that later tests start clean. Autouse fixtures are set up first and torn
     down last, so ``segments`` has cleaned up by the time this looks.
 
-    Entries that a live process outside this test's process tree holds are
-    someone else's (another developer's run on the same machine) and are
-    neither reported nor touched."""
+    Other people share this machine's /dev/shm: only entries attributed to
+    this test's process tree count (shm_helpers.new_segments says how); the
+    rest are neither reported nor touched."""
     before = set(os.listdir(h.DEV_SHM))
     yield
     gc.collect()

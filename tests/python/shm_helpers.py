@@ -93,10 +93,17 @@ def open_fds():
 
 # --------------------------------------------------------------------------
 # Whose is a segment? Other people (another developer's benchmark, another
-# pytest run) may use /dev/shm while the suite runs: a new entry counts as
-# this test's only if no live process outside this process's tree holds it.
+# pytest run, cargo test) use this machine's /dev/shm while the suite runs, so
+# a new entry is counted as this test's only when it can be attributed:
+#   - a live process of this process's tree holds it (open or mapped): ours;
+#   - a live process outside the tree holds it: theirs;
+#   - otherwise (nobody holds it), by name: our own prefix with our pid or a
+#     pid that is no live outsider, a generated psm_xxxxxxxx name, or a name
+#     of CPython's own tests (run by tests/conformance) count as ours; any
+#     other name is someone else's and is left alone.
 
 _OWNED = re.compile(r"\A" + re.escape(TEST_PREFIX) + r"(\d+)_")
+_CPYTHON_TEST_NAME = re.compile(r"\Atest\d\d_[a-z]+\d+\Z")
 
 
 def _process_parents():
@@ -152,22 +159,27 @@ def _held_by(pids, paths):
 
 def new_segments(before):
     """Entries of /dev/shm that appeared since the listing ``before`` and that
-    belong to this process's tree (see above), sorted."""
+    are attributed to this process's tree (see above), sorted."""
     new = set(os.listdir(DEV_SHM)) - set(before)
     if not new:
         return []
     parents = _process_parents()
     ours = _own_tree(parents)
     foreign = set(parents) - ours
+    paths = {shm_path(n): n for n in new}
+    held_by_us = {paths[p] for p in _held_by(ours, set(paths))}
+    held_by_them = {paths[p] for p in _held_by(foreign, set(paths))}
     mine = set()
     for name in new:
-        m = _OWNED.match(name)
-        if m and int(m.group(1)) != os.getpid() and int(m.group(1)) in foreign:
-            continue  # another live run's name
-        mine.add(name)
-    paths = {shm_path(n): n for n in mine}
-    for path in _held_by(foreign, set(paths)):
-        mine.discard(paths[path])
+        if name in held_by_us:
+            mine.add(name)
+        elif name in held_by_them:
+            continue
+        elif (m := _OWNED.match(name)) is not None:
+            if int(m.group(1)) not in foreign:
+                mine.add(name)
+        elif GENERATED_NAME.match(name) or _CPYTHON_TEST_NAME.match(name):
+            mine.add(name)
     return sorted(n for n in mine if segment_exists(n))
 
 
