@@ -27,7 +27,7 @@ rust-test:
 python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	@set -e; for v in $(PYTHONS); do \
 	  echo "=== pytest on CPython $$v ==="; \
-	  .venv-$$v/bin/python -m pytest -q tests/python; \
+	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
 	done
 
 develop: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
