@@ -563,4 +563,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'SIGINT'}); segments cleaned up", file=sys.stderr)
+        sys.exit(130)
