@@ -27,7 +27,6 @@ SHM_RENAME_EXCHANGE = _shmkit.SHM_RENAME_EXCHANGE
 
 
 _init = _shmkit.init_shared_memory
-_close = _shmkit.close_shared_memory
 
 
 def _make_filename():
@@ -64,7 +63,11 @@ class SharedMemory:
     def __init__(self, name=None, create=False, size=0, *, track=True):
         # CPython's checks (in its order, with its messages) and the open are
         # one native call: crates/shmkit-py/src/lib.rs, init_shared_memory.
-        self._name, self._mmap, self._size = _init(self, name, create, size)
+        self._name, self._mmap, self._size = _init(
+            name, create, size, self._flags, self._mode, self._prepend_leading_slash
+        )
+        if create:
+            self._flags = _O_CREX | os.O_RDWR
         self._track = track
 
     @property
@@ -107,7 +110,14 @@ class SharedMemory:
         of ``buf`` are alive. Arrays that merely keep the block as their base
         (numpy's ``ndarray(buffer=shm.buf)``) stay valid after close.
         """
-        _close(self)
+        buf = self._buf
+        if buf is not None:
+            buf.release()  # BufferError while something exports it
+            self._buf = None
+        seg = self._mmap
+        if seg is not None:
+            seg.close()  # BufferError while views of it live
+            self._mmap = None
 
     def unlink(self):
         """Requests that the block be destroyed once every process has closed

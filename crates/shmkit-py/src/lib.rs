@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyBufferError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
+use pyo3::types::{PyInt, PyString};
 use pyo3::{ffi, PyErr};
 
 use rustix::fs::OFlags;
@@ -189,28 +189,34 @@ fn open_core(
 }
 
 /// The work of `SharedMemory.__init__`: CPython's argument checks, in its
-/// order and with its messages, then the open. `this` is the Python
-/// `SharedMemory` instance, whose class attributes (`_flags`, `_mode`,
-/// `_prepend_leading_slash`) are honoured as CPython honours them. Returns
-/// `(_name, segment, size)` for the caller to store.
+/// order and with its messages, then the open. `flags`, `mode` and
+/// `prepend_slash` are the instance's `_flags`, `_mode` and
+/// `_prepend_leading_slash` (class attributes a subclass may override),
+/// honoured as CPython honours them. Returns `(_name, segment, size)` for
+/// the caller to store.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 fn init_shared_memory<'py>(
     py: Python<'py>,
-    this: &Bound<'py, PyAny>,
     name: &Bound<'py, PyAny>,
     create: &Bound<'py, PyAny>,
     size: &Bound<'py, PyAny>,
+    mut flags: i32,
+    mode: u32,
+    prepend_slash: bool,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, Segment>, usize)> {
     // CPython's checks, in CPython's order, with its messages.
-    if !size.ge(0)? {
+    let negative = match size.cast::<PyInt>() {
+        Ok(int) => int.lt(0)?,
+        Err(_) => !size.ge(0)?,
+    };
+    if negative {
         return Err(PyValueError::new_err("'size' must be a positive integer"));
     }
     let create = create.is_truthy()?;
-    let mut flags: i32 = this.getattr(intern!(py, "_flags"))?.extract()?;
     let mut want_size = None;
     if create {
         flags = O_CREAT | O_EXCL | O_RDWR;
-        this.setattr(intern!(py, "_flags"), flags)?;
         if !size.is_truthy()? {
             return Err(PyValueError::new_err(
                 "'size' must be a positive number different from zero",
@@ -236,7 +242,6 @@ fn init_shared_memory<'py>(
         ));
     }
     let want_create = flags & O_CREAT != 0;
-    let mode: u32 = this.getattr(intern!(py, "_mode"))?.extract()?;
 
     let (seg, full_name) = if name.is_none() {
         let module = shared_memory_module(py)?;
@@ -258,10 +263,7 @@ fn init_shared_memory<'py>(
             }
         }
     } else {
-        let full = if this
-            .getattr(intern!(py, "_prepend_leading_slash"))?
-            .is_truthy()?
-        {
+        let full = if prepend_slash {
             let Ok(name) = name.cast::<PyString>() else {
                 return Err(PyTypeError::new_err(format!(
                     "can only concatenate str (not \"{}\") to str",
@@ -285,24 +287,6 @@ fn init_shared_memory<'py>(
     };
     let size = seg.shm.size();
     Ok((full_name, Bound::new(py, seg)?, size))
-}
-
-/// The work of `SharedMemory.close()`: release the memoryview (BufferError
-/// if something exports it), then close the segment (BufferError while
-/// views of it live), as CPython does it.
-#[pyfunction]
-fn close_shared_memory(py: Python<'_>, this: &Bound<'_, PyAny>) -> PyResult<()> {
-    let buf = this.getattr(intern!(py, "_buf"))?;
-    if !buf.is_none() {
-        buf.call_method0(intern!(py, "release"))?;
-        this.setattr(intern!(py, "_buf"), py.None())?;
-    }
-    let seg = this.getattr(intern!(py, "_mmap"))?;
-    if !seg.is_none() {
-        seg.cast::<Segment>()?.get().close()?;
-        this.setattr(intern!(py, "_mmap"), py.None())?;
-    }
-    Ok(())
 }
 
 fn shared_memory_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -358,7 +342,6 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Segment>()?;
     m.add_function(wrap_pyfunction!(open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(init_shared_memory, m)?)?;
-    m.add_function(wrap_pyfunction!(close_shared_memory, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;
     m.add_function(wrap_pyfunction!(make_filename, m)?)?;
