@@ -26,7 +26,6 @@ SHM_RENAME_NOREPLACE = _shmkit.SHM_RENAME_NOREPLACE
 SHM_RENAME_EXCHANGE = _shmkit.SHM_RENAME_EXCHANGE
 
 
-_init = _shmkit.init_shared_memory
 
 
 def _make_filename():
@@ -34,7 +33,7 @@ def _make_filename():
     return _shmkit.make_filename()
 
 
-class SharedMemory:
+class SharedMemory(_shmkit.SharedMemoryBase):
     """A block of shared memory, created or attached to by name.
 
     ``SharedMemory(name=None, create=False, size=0, *, track=True)`` behaves
@@ -48,82 +47,20 @@ class SharedMemory:
     ever point at unmapped memory; and creating a block that ``/dev/shm``
     has no room for raises ``OSError(ENOSPC)`` instead of dying of SIGBUS on
     a later write.
+
+    ``__init__``, ``buf``, ``name``, ``size``, ``close()`` and ``unlink()``
+    are native (crates/shmkit-py/src/shared_memory.rs); CPython's class
+    attributes ``_flags``, ``_mode`` and ``_prepend_leading_slash`` may be
+    overridden by subclasses, as there.
     """
 
-    # Class-level defaults, as CPython has them: tests and subclasses rely on
-    # overriding ``_flags`` and on reading these before __init__ finishes.
-    _name = None
-    _mmap = None
-    _buf = None
-    _flags = os.O_RDWR
-    _mode = 0o600
-    _prepend_leading_slash = True
-    _track = True
-
-    def __init__(self, name=None, create=False, size=0, *, track=True):
-        # CPython's checks (in its order, with its messages) and the open are
-        # one native call: crates/shmkit-py/src/lib.rs, init_shared_memory.
-        self._name, self._mmap, self._size = _init(
-            name, create, size, self._flags, self._mode, self._prepend_leading_slash
-        )
-        if create:
-            self._flags = _O_CREX | os.O_RDWR
-        self._track = track
-
-    @property
-    def _fd(self):
-        """The open descriptor, or -1 after close()."""
-        seg = self._mmap
-        return -1 if seg is None else seg.fd
+    __slots__ = ()
 
     def __reduce__(self):
         return (self.__class__, (self.name, False, self.size))
 
     def __repr__(self):
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
-
-    @property
-    def buf(self):
-        """A memoryview of the contents of the block (made on first use)."""
-        buf = self._buf
-        if buf is None and self._mmap is not None:
-            buf = self._buf = memoryview(self._mmap)
-        return buf
-
-    @property
-    def name(self):
-        """The unique name of the block, without a leading slash."""
-        reported_name = self._name
-        if self._prepend_leading_slash and reported_name.startswith("/"):
-            reported_name = reported_name[1:]
-        return reported_name
-
-    @property
-    def size(self):
-        """The size of the block in bytes."""
-        return self._size
-
-    def close(self):
-        """Closes this process's access to the block.
-
-        Raises BufferError, as the stdlib does, while slices or other views
-        of ``buf`` are alive. Arrays that merely keep the block as their base
-        (numpy's ``ndarray(buffer=shm.buf)``) stay valid after close.
-        """
-        buf = self._buf
-        if buf is not None:
-            buf.release()  # BufferError while something exports it
-            self._buf = None
-        seg = self._mmap
-        if seg is not None:
-            seg.close()  # BufferError while views of it live
-            self._mmap = None
-
-    def unlink(self):
-        """Requests that the block be destroyed once every process has closed
-        it. Call it once, from one process."""
-        if self._name:
-            _shmkit.unlink(self._name)
 
     def rename(self, newname, flags=0):
         """Gives the block another name, atomically.

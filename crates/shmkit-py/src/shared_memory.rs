@@ -1,0 +1,280 @@
+//! `SharedMemoryBase`: the native half of `shmkit.shared_memory.SharedMemory`.
+//!
+//! The Python class (python/shmkit/shared_memory.py) subclasses this one and
+//! adds what is not on the hot path (`__reduce__`, `__repr__`, `rename`).
+//! State lives in struct fields rather than an instance dict, and `__init__`
+//! is an ordinary method, so a Python subclass may define its own
+//! `__init__` with any signature and call `super().__init__(...)`, as with
+//! CPython's pure-Python class.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+use rustix::fs::OFlags;
+use shmkit::Error;
+
+use crate::errors::to_pyerr;
+use crate::segment::{open_core, Segment};
+
+// The platform's open(2) flags, as Python's `os.O_*` has them.
+const O_CREAT: i32 = OFlags::CREATE.bits() as i32;
+const O_EXCL: i32 = OFlags::EXCL.bits() as i32;
+const O_RDWR: i32 = OFlags::RDWR.bits() as i32;
+
+#[pyclass(subclass, dict, weakref, module = "shmkit._shmkit")]
+pub(crate) struct SharedMemoryBase {
+    /// The name as opened, with CPython's leading slash (`/psm_…`).
+    #[pyo3(get, set)]
+    _name: Option<Py<PyAny>>,
+    segment: Option<Py<Segment>>,
+    /// The memoryview of `buf`, made on first use.
+    #[pyo3(get, set)]
+    _buf: Option<Py<PyAny>>,
+    #[pyo3(get)]
+    _size: usize,
+    #[pyo3(get, set)]
+    _track: bool,
+}
+
+#[pymethods]
+impl SharedMemoryBase {
+    /// Allocation only; the work is `__init__`'s, as in CPython.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        SharedMemoryBase {
+            _name: None,
+            segment: None,
+            _buf: None,
+            _size: 0,
+            _track: true,
+        }
+    }
+
+    /// CPython's argument checks, in its order and with its messages, then
+    /// the open. `_flags`, `_mode` and `_prepend_leading_slash` are read from
+    /// the instance, so a subclass that overrides them is honoured.
+    #[pyo3(signature = (name=None, create=None, size=None, *, track=None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        name: Option<&Bound<'_, PyAny>>,
+        create: Option<&Bound<'_, PyAny>>,
+        size: Option<&Bound<'_, PyAny>>,
+        track: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let create = match create {
+            Some(c) => c.is_truthy()?,
+            None => false,
+        };
+        let track = match track {
+            Some(t) => t.is_truthy()?,
+            None => true,
+        };
+        let mut want_size = None;
+        if let Some(size) = size {
+            let negative = match size.cast::<PyInt>() {
+                Ok(int) => int.lt(0)?,
+                Err(_) => !size.ge(0)?,
+            };
+            if negative {
+                return Err(PyValueError::new_err("'size' must be a positive integer"));
+            }
+        }
+        let mut flags: i32 = slf.getattr(intern!(py, "_flags"))?.extract()?;
+        if create {
+            flags = O_CREAT | O_EXCL | O_RDWR;
+            slf.setattr(intern!(py, "_flags"), flags)?;
+            let size = match size {
+                Some(size) if size.is_truthy()? => size,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "'size' must be a positive number different from zero",
+                    ))
+                }
+            };
+            // Refuse a float size before anything exists (CPython leaks a
+            // 0-byte segment here).
+            want_size = Some(index(size)?);
+        }
+        let name = name.filter(|n| !n.is_none());
+        let exclusive = flags & O_EXCL != 0;
+        if name.is_none() && !exclusive {
+            return Err(PyValueError::new_err(
+                "'name' can only be None if create=True",
+            ));
+        }
+        let want_create = flags & O_CREAT != 0;
+        let mode: u32 = slf.getattr(intern!(py, "_mode"))?.extract()?;
+
+        let (segment, full_name) = match name {
+            None => {
+                let module = shared_memory_module(py)?;
+                loop {
+                    let candidate = module.getattr(intern!(py, "_make_filename"))?.call0()?;
+                    let text = candidate.cast::<PyString>()?.to_str()?;
+                    match open_core(py, text, want_create, exclusive, want_size, mode, true) {
+                        Err(Error::AlreadyExists { .. }) => continue,
+                        Err(e) => return Err(to_pyerr(e, text)),
+                        Ok(shm) => break (Segment::new(shm), candidate),
+                    }
+                }
+            }
+            Some(name) => {
+                let prepend = slf
+                    .getattr(intern!(py, "_prepend_leading_slash"))?
+                    .is_truthy()?;
+                let full = if prepend {
+                    let Ok(name) = name.cast::<PyString>() else {
+                        return Err(PyTypeError::new_err(format!(
+                            "can only concatenate str (not \"{}\") to str",
+                            name.get_type().name()?
+                        )));
+                    };
+                    PyString::new(py, &format!("/{}", name.to_str()?)).into_any()
+                } else {
+                    name.clone()
+                };
+                let text = full.cast::<PyString>()?.to_str()?;
+                let shm = open_core(py, text, want_create, exclusive, want_size, mode, true)
+                    .map_err(|e| to_pyerr(e, text))?;
+                (Segment::new(shm), full)
+            }
+        };
+        let size = segment.size();
+        let segment = Py::new(py, segment)?;
+        let mut this = slf.borrow_mut();
+        this._name = Some(full_name.unbind());
+        this.segment = Some(segment);
+        this._buf = None;
+        this._size = size;
+        this._track = track;
+        Ok(())
+    }
+
+    /// The segment object (CPython keeps an `mmap` here), or None once closed.
+    #[getter]
+    fn _mmap(&self, py: Python<'_>) -> Option<Py<Segment>> {
+        self.segment.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    /// The open descriptor, or -1 once closed.
+    #[getter]
+    fn _fd(&self, py: Python<'_>) -> i32 {
+        self.segment.as_ref().map_or(-1, |s| s.bind(py).get().fd())
+    }
+
+    /// A memoryview of the contents of the block.
+    #[getter]
+    fn buf(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        let mut this = slf.borrow_mut();
+        if this._buf.is_none() {
+            if let Some(segment) = &this.segment {
+                let view = pyo3::types::PyMemoryView::from(segment.bind(py).as_any())?;
+                this._buf = Some(view.into_any().unbind());
+            }
+        }
+        Ok(this._buf.as_ref().map(|b| b.clone_ref(py)))
+    }
+
+    /// The unique name of the block, without CPython's leading slash.
+    #[getter]
+    fn name(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        let this = slf.borrow();
+        let Some(name) = &this._name else {
+            return Ok(None);
+        };
+        let name = name.bind(py);
+        let prepend = slf
+            .getattr(intern!(py, "_prepend_leading_slash"))?
+            .is_truthy()?;
+        if let (true, Ok(text)) = (prepend, name.cast::<PyString>()) {
+            if let Some(rest) = text.to_str()?.strip_prefix('/') {
+                return Ok(Some(PyString::new(py, rest).into_any().unbind()));
+            }
+        }
+        Ok(Some(name.clone().unbind()))
+    }
+
+    /// The size of the block in bytes.
+    #[getter]
+    fn size(&self) -> usize {
+        self._size
+    }
+
+    /// Closes this process's access to the block. Raises BufferError, as the
+    /// stdlib does, while slices or other views of `buf` are alive; arrays
+    /// that only keep the block as their base stay valid.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let buf = slf.borrow_mut()._buf.take();
+        if let Some(buf) = buf {
+            if let Err(e) = buf.call_method0(py, intern!(py, "release")) {
+                slf.borrow_mut()._buf = Some(buf);
+                return Err(e);
+            }
+        }
+        let segment = slf.borrow_mut().segment.take();
+        if let Some(segment) = segment {
+            if let Err(e) = segment.bind(py).get().close() {
+                slf.borrow_mut().segment = Some(segment);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests that the block be destroyed once every process has closed
+    /// it. Call it once, from one process.
+    fn unlink(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(name) = &self._name else {
+            return Ok(());
+        };
+        let name = name.bind(py).cast::<PyString>()?.to_str()?;
+        if name.is_empty() {
+            return Ok(());
+        }
+        shmkit::unlink(name).map_err(|e| to_pyerr(e, name))
+    }
+
+    #[classattr]
+    fn _flags() -> i32 {
+        O_RDWR
+    }
+
+    #[classattr]
+    fn _mode() -> u32 {
+        0o600
+    }
+
+    #[classattr]
+    fn _prepend_leading_slash() -> bool {
+        true
+    }
+}
+
+/// `operator.index(size)` with the message CPython's `ftruncate` gives.
+fn index(size: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let py = size.py();
+    match size.call_method0(intern!(py, "__index__")) {
+        Ok(i) => i.extract(),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "'{}' object cannot be interpreted as an integer",
+            size.get_type().name()?
+        ))),
+    }
+}
+
+/// `shmkit.shared_memory`, whose `_make_filename` tests patch.
+fn shared_memory_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("shmkit.shared_memory")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
