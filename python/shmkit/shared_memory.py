@@ -28,9 +28,9 @@ SHM_RENAME_EXCHANGE = _shmkit.SHM_RENAME_EXCHANGE
 
 
 
-def _make_filename():
-    """A random ``/psm_`` name (tests patch this module global)."""
-    return _shmkit.make_filename()
+# A random "/psm_xxxxxxxx" name; native, so creating costs no Python frame.
+# Tests patch this module global, and SharedMemory looks it up at each create.
+_make_filename = _shmkit.make_filename
 
 
 class SharedMemory(_shmkit.SharedMemoryBase):

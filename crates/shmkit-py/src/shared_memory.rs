@@ -85,8 +85,9 @@ impl SharedMemoryBase {
         }
         let mut flags: i32 = slf.getattr(intern!(py, "_flags"))?.extract()?;
         if create {
+            // CPython also stores these flags on the instance; nothing reads
+            // them back, and the instance dict that would need costs time.
             flags = O_CREAT | O_EXCL | O_RDWR;
-            slf.setattr(intern!(py, "_flags"), flags)?;
             let size = match size {
                 Some(size) if size.is_truthy()? => size,
                 _ => {
@@ -107,7 +108,12 @@ impl SharedMemoryBase {
             ));
         }
         let want_create = flags & O_CREAT != 0;
-        let mode: u32 = slf.getattr(intern!(py, "_mode"))?.extract()?;
+        // The mode matters only to a create; an attach skips the lookup.
+        let mode: u32 = if want_create {
+            slf.getattr(intern!(py, "_mode"))?.extract()?
+        } else {
+            0o600
+        };
 
         let (segment, full_name) = match name {
             None => {
@@ -133,7 +139,8 @@ impl SharedMemoryBase {
                             name.get_type().name()?
                         )));
                     };
-                    PyString::new(py, &format!("/{}", name.to_str()?)).into_any()
+                    // One Python allocation, no Rust one: this is the hot path.
+                    intern!(py, "/").add(name)?
                 } else {
                     name.clone()
                 };

@@ -2,7 +2,7 @@
 //! `shm_*` calls are the file calls glibc would make, and rename, which POSIX
 //! lacks, is `renameat2` inside that directory.
 
-use std::ffi::c_void;
+use std::ffi::{c_void, CStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 
@@ -13,12 +13,31 @@ use rustix::mm::{self, MapFlags, ProtFlags};
 /// Where glibc and CPython keep POSIX shared memory on Linux.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
 
-fn path(name: &str) -> String {
-    let mut p = String::with_capacity(SHM_DIR.len() + 1 + name.len());
-    p.push_str(SHM_DIR);
-    p.push('/');
-    p.push_str(name);
-    p
+/// `/dev/shm/NAME\0` in a stack buffer: opening and unlinking are hot, and
+/// a heap path (plus the copy that adds the NUL) costs as much as the rest
+/// of the user-space work. `name` is validated (no NUL, at most 255 bytes).
+struct ShmPath {
+    buf: [u8; SHM_DIR.len() + 1 + crate::name::MAX_LEN + 1],
+    len: usize,
+}
+
+impl ShmPath {
+    fn new(name: &str) -> Self {
+        let mut buf = [0u8; SHM_DIR.len() + 1 + crate::name::MAX_LEN + 1];
+        let dir = SHM_DIR.len();
+        buf[..dir].copy_from_slice(SHM_DIR.as_bytes());
+        buf[dir] = b'/';
+        buf[dir + 1..dir + 1 + name.len()].copy_from_slice(name.as_bytes());
+        ShmPath {
+            buf,
+            len: dir + 1 + name.len() + 1,
+        }
+    }
+
+    fn as_c_str(&self) -> &CStr {
+        // Validated names hold no NUL, so the only one is the terminator.
+        CStr::from_bytes_with_nul(&self.buf[..self.len]).expect("validated shm name")
+    }
 }
 
 /// How [`shm_open`] treats a name that does or does not exist.
@@ -41,12 +60,17 @@ pub(crate) fn shm_open(name: &str, disposition: Disposition, mode: u32) -> Resul
         Disposition::OpenOrCreate => flags |= OFlags::CREATE,
         Disposition::CreateNew => flags |= OFlags::CREATE | OFlags::EXCL,
     }
-    fs::openat(CWD, path(name), flags, Mode::from_raw_mode(mode))
+    fs::openat(
+        CWD,
+        ShmPath::new(name).as_c_str(),
+        flags,
+        Mode::from_raw_mode(mode),
+    )
 }
 
 /// `shm_unlink(name)`.
 pub(crate) fn shm_unlink(name: &str) -> Result<(), Errno> {
-    fs::unlinkat(CWD, path(name), fs::AtFlags::empty())
+    fs::unlinkat(CWD, ShmPath::new(name).as_c_str(), fs::AtFlags::empty())
 }
 
 /// Gives the segment `size` bytes backed by real pages, so that running out of
@@ -79,7 +103,13 @@ pub(crate) fn rename(old: &str, new: &str, exchange: bool, noreplace: bool) -> R
     if noreplace {
         flags |= RenameFlags::NOREPLACE;
     }
-    fs::renameat_with(CWD, path(old), CWD, path(new), flags)
+    fs::renameat_with(
+        CWD,
+        ShmPath::new(old).as_c_str(),
+        CWD,
+        ShmPath::new(new).as_c_str(),
+        flags,
+    )
 }
 
 /// Maps `len` bytes of `fd` shared and read-write.
@@ -112,5 +142,10 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<(), Errno> {
 
 /// Whether `/dev/shm` has an entry called `name` (whoever may open it).
 pub(crate) fn exists(name: &str) -> bool {
-    fs::statat(CWD, path(name), fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    fs::statat(
+        CWD,
+        ShmPath::new(name).as_c_str(),
+        fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .is_ok()
 }
