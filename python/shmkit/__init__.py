@@ -7,11 +7,11 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import shared_memory
-from .shared_memory import SharedMemory
+from .shared_memory import ShareableList, SharedMemory
 
 try:
     __version__ = version("shmkit")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["SharedMemory", "shared_memory", "__version__"]
+__all__ = ["ShareableList", "SharedMemory", "shared_memory", "__version__"]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import operator
 import os
+import types
+from functools import partial
 
 from . import _shmkit
 
-__all__ = ["SharedMemory"]
+__all__ = ["SharedMemory", "ShareableList"]
 
 _USE_POSIX = True
 _SHM_SAFE_NAME_LENGTH = 14
@@ -73,3 +75,34 @@ class SharedMemory(_shmkit.SharedMemoryBase):
             newname = "/" + newname
         _shmkit.rename(self._name, newname, flags)
         self._name = newname
+
+
+class ShareableList(_shmkit.ShareableListBase):
+    """A fixed-length list of int, float, bool, str, bytes and None values
+    in a shared memory block, laid out byte for byte as CPython 3.9–3.13
+    lays it out, so stdlib and shmkit processes can share one.
+
+    ``ShareableList(sequence)`` creates a list (in a block named ``name`` if
+    given); ``ShareableList(name=name)`` attaches to an existing one. The
+    block is ``self.shm``.
+
+    Beyond the stdlib: ``sl[i:j]`` returns a plain list; equal-length slice
+    assignment works; ``del sl[i]`` and ``del sl[i:j]`` set items to None
+    (the length never changes); str slots are sized by UTF-8 bytes, so
+    multibyte text is never cut; a str or bytes ending in NUL, which readers
+    could not tell apart from padding, is refused instead of silently
+    shortened; and an index below ``-len(sl)`` raises IndexError. See
+    ``docs/compat.md``.
+
+    Items are read and written natively (crates/shmkit-py/src/shareable_list.rs).
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return partial(self.__class__, name=self.shm.name), ()
+
+    def __repr__(self):
+        return f"{self.__class__.__name__}({list(self)}, name={self.shm.name!r})"
+
+    __class_getitem__ = classmethod(types.GenericAlias)

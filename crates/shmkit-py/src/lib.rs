@@ -5,13 +5,26 @@
 //! of `SharedMemory`, and a few functions.
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use shmkit::{Error, RenameFlags};
 
 use crate::errors::to_pyerr;
 
 mod errors;
 mod segment;
+mod shareable_list;
 mod shared_memory;
+
+/// `shmkit.shared_memory`: tests patch its `_make_filename`, and lists
+/// create their blocks through its `SharedMemory`.
+fn shared_memory_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("shmkit.shared_memory")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
 
 /// `shm_unlink(name)`.
 #[pyfunction]
@@ -51,6 +64,7 @@ fn make_filename() -> String {
 fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<segment::Segment>()?;
     m.add_class::<shared_memory::SharedMemoryBase>()?;
+    m.add_class::<shareable_list::ShareableListBase>()?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;

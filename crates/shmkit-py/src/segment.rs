@@ -24,6 +24,11 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// The mapped bytes.
+    pub(crate) fn region(&self) -> &shmkit::Region {
+        self.shm.region()
+    }
+
     pub(crate) fn new(shm: SharedMemory) -> Self {
         Segment {
             shm,

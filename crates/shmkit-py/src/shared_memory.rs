@@ -10,13 +10,13 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 use rustix::fs::OFlags;
 use shmkit::Error;
 
 use crate::errors::to_pyerr;
 use crate::segment::{open_core, Segment};
+use crate::shared_memory_module;
 
 // The platform's open(2) flags, as Python's `os.O_*` has them.
 const O_CREAT: i32 = OFlags::CREATE.bits() as i32;
@@ -274,14 +274,4 @@ fn index(size: &Bound<'_, PyAny>) -> PyResult<usize> {
             size.get_type().name()?
         ))),
     }
-}
-
-/// `shmkit.shared_memory`, whose `_make_filename` tests patch.
-fn shared_memory_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    MODULE
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("shmkit.shared_memory")?.unbind())
-        })
-        .map(|m| m.bind(py))
 }

@@ -1,0 +1,339 @@
+//! `ShareableListBase`: the native half of `shmkit.shared_memory.ShareableList`.
+//!
+//! Item access is the hot path (CPython spends three `struct` calls on each),
+//! so it lives here, over the core's layout codec; the Python subclass adds
+//! `__repr__`, `__reduce__` and `__class_getitem__`.
+
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PySlice, PyString};
+use shmkit::list::layout::Layout;
+use shmkit::list::{ListError, Value, ValueRef};
+use shmkit::{Error, Region};
+
+use crate::errors::to_pyerr;
+use crate::segment::Segment;
+use crate::shared_memory_module;
+
+#[pyclass(subclass, dict, weakref, module = "shmkit._shmkit")]
+pub(crate) struct ShareableListBase {
+    /// The `SharedMemory` the list lives in, as CPython exposes it.
+    #[pyo3(get, set)]
+    shm: Option<Py<PyAny>>,
+    /// The mapping, held so that items stay readable whatever is done to
+    /// `shm`, and never read after an unmap.
+    segment: Option<Py<Segment>>,
+    layout: Option<Layout>,
+}
+
+impl ShareableListBase {
+    /// The mapping and layout, or the error CPython gives for a list whose
+    /// `__init__` never ran.
+    fn parts<'a>(&'a self, py: Python<'a>) -> PyResult<(&'a Region, &'a Layout)> {
+        match (&self.segment, &self.layout) {
+            (Some(segment), Some(layout)) => Ok((segment.bind(py).get().region(), layout)),
+            _ => Err(PyValueError::new_err("ShareableList is not initialised")),
+        }
+    }
+}
+
+#[pymethods]
+impl ShareableListBase {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> Self {
+        ShareableListBase {
+            shm: None,
+            segment: None,
+            layout: None,
+        }
+    }
+
+    /// Creates a list of `sequence` (in a new segment, named `name` if
+    /// given), or attaches to the list in segment `name`.
+    #[pyo3(signature = (sequence=None, *, name=None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        sequence: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let module = shared_memory_module(py)?;
+        let shm_class = module.getattr(intern!(py, "SharedMemory"))?;
+        let name = name.filter(|n| !n.is_none());
+        let sequence = sequence.filter(|s| !s.is_none());
+
+        let (shm, layout) = if let (Some(name), None) = (name, sequence) {
+            let shm = shm_class.call1((name,))?;
+            let segment = segment_of(&shm)?;
+            let layout = Layout::attach(segment.bind(py).get().region()).map_err(list_err)?;
+            (shm, layout)
+        } else {
+            // CPython: `sequence = sequence or ()`.
+            let items: Vec<Bound<'_, PyAny>> = match sequence {
+                Some(seq) if seq.is_truthy()? => seq.try_iter()?.collect::<PyResult<_>>()?,
+                _ => Vec::new(),
+            };
+            let values = items
+                .iter()
+                .map(value_ref)
+                .collect::<PyResult<Vec<ValueRef<'_>>>>()?;
+            // Every check happens here, before anything exists.
+            let layout = Layout::for_values(&values).map_err(list_err)?;
+            let none = py.None();
+            let shm = shm_class.call1((name.unwrap_or(none.bind(py)), true, layout.size()))?;
+            let segment = segment_of(&shm)?;
+            // Encode privately, then copy once: one memcpy instead of three
+            // checked stores per item into shared memory.
+            let mut image = vec![0u8; layout.size()];
+            let written = layout
+                .write_new(&mut image, &values)
+                .and_then(|()| segment.bind(py).get().region().write_at(0, &image));
+            if let Err(e) = written {
+                let _ = shm.call_method0(intern!(py, "unlink"));
+                return Err(list_err(e));
+            }
+            (shm, layout)
+        };
+        let segment = segment_of(&shm)?;
+        let mut this = slf.borrow_mut();
+        this.shm = Some(shm.unbind());
+        this.segment = Some(segment);
+        this.layout = Some(layout);
+        Ok(())
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.parts(py)?.1.len())
+    }
+
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        index: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (region, layout) = self.parts(py)?;
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let idx = slice.indices(layout.len() as isize)?;
+            let out = PyList::empty(py);
+            let mut i = idx.start;
+            for _ in 0..idx.slicelength {
+                out.append(to_py(py, layout.get(region, i).map_err(list_err)?)?)?;
+                i += idx.step;
+            }
+            return Ok(out.into_any());
+        }
+        let i = item_index(index)?;
+        match layout.get(region, i) {
+            Ok(value) => to_py(py, value),
+            Err(Error::List(ListError::IndexOutOfRange { .. })) => {
+                Err(PyIndexError::new_err("index out of range"))
+            }
+            Err(e) => Err(list_err(e)),
+        }
+    }
+
+    fn __setitem__(
+        &self,
+        py: Python<'_>,
+        index: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (mut region, layout) = self.parts(py)?;
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let idx = slice.indices(layout.len() as isize)?;
+            let items: Vec<Bound<'_, PyAny>> = value.try_iter()?.collect::<PyResult<_>>()?;
+            if items.len() != idx.slicelength {
+                return Err(PyValueError::new_err(format!(
+                    "a ShareableList cannot change length: {} items for a slice of {}",
+                    items.len(),
+                    idx.slicelength
+                )));
+            }
+            // Check every value before writing any.
+            let values = items.iter().map(value_ref).collect::<PyResult<Vec<_>>>()?;
+            let mut i = idx.start;
+            for v in values {
+                layout.set(&mut region, i, v).map_err(list_err)?;
+                i += idx.step;
+            }
+            return Ok(());
+        }
+        let i = item_index(index)?;
+        match layout.set(&mut region, i, value_ref(value)?) {
+            Err(Error::List(ListError::IndexOutOfRange { .. })) => {
+                Err(PyIndexError::new_err("assignment index out of range"))
+            }
+            other => other.map_err(list_err),
+        }
+    }
+
+    /// `del sl[i]` and `del sl[i:j]` set the items to None; the length of a
+    /// ShareableList is fixed.
+    fn __delitem__(&self, py: Python<'_>, index: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (mut region, layout) = self.parts(py)?;
+        if let Ok(slice) = index.cast::<PySlice>() {
+            let idx = slice.indices(layout.len() as isize)?;
+            let mut i = idx.start;
+            for _ in 0..idx.slicelength {
+                layout
+                    .set(&mut region, i, ValueRef::None)
+                    .map_err(list_err)?;
+                i += idx.step;
+            }
+            return Ok(());
+        }
+        match layout.set(&mut region, item_index(index)?, ValueRef::None) {
+            Err(Error::List(ListError::IndexOutOfRange { .. })) => {
+                Err(PyIndexError::new_err("assignment index out of range"))
+            }
+            other => other.map_err(list_err),
+        }
+    }
+
+    /// Iterates over a snapshot of the items, read in one pass.
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.to_list(py)?.try_iter().map(Bound::into_any)
+    }
+
+    /// All items, as a plain list, decoded from one copy of the segment
+    /// (a consistent snapshot as far as one memcpy is, and several times
+    /// faster than reading shared memory item by item).
+    fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let (region, layout) = self.parts(py)?;
+        let snapshot = region.read_vec(0, layout.size()).map_err(list_err)?;
+        let items = (0..layout.len())
+            .map(|i| to_py(py, layout.get(&snapshot[..], i as isize).map_err(list_err)?))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// The number of items equal (by Python's `==`) to `value`.
+    fn count(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut n = 0;
+        for item in self.to_list(py)?.iter() {
+            if value.eq(&item)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The position of the first item equal to `value`.
+    fn index(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<usize> {
+        for (i, item) in self.to_list(py)?.iter().enumerate() {
+            if value.eq(&item)? {
+                return Ok(i);
+            }
+        }
+        Err(PyValueError::new_err(format!(
+            "{} not in this container",
+            value.repr()?
+        )))
+    }
+
+    /// The struct format of every item, joined, as CPython's `format`.
+    #[getter]
+    fn format(&self, py: Python<'_>) -> PyResult<String> {
+        let (region, layout) = self.parts(py)?;
+        layout.format(region).map_err(list_err)
+    }
+
+    /// The struct format of item `position`.
+    fn _get_packing_format(&self, py: Python<'_>, position: isize) -> PyResult<String> {
+        let (region, layout) = self.parts(py)?;
+        match layout.item_format(region, position) {
+            Err(Error::List(ListError::IndexOutOfRange { .. })) => {
+                Err(PyIndexError::new_err("Requested position out of range."))
+            }
+            other => other.map_err(list_err),
+        }
+    }
+}
+
+/// The segment object behind a Python `SharedMemory`.
+fn segment_of(shm: &Bound<'_, PyAny>) -> PyResult<Py<Segment>> {
+    let py = shm.py();
+    Ok(shm
+        .getattr(intern!(py, "_mmap"))?
+        .cast_into::<Segment>()?
+        .unbind())
+}
+
+/// An item index as CPython's list accepts it: an int (bools included) or
+/// anything with `__index__`.
+fn item_index(index: &Bound<'_, PyAny>) -> PyResult<isize> {
+    if let Ok(int) = index.cast::<PyInt>() {
+        // Beyond isize, no list has that index.
+        return Ok(int.extract::<isize>().unwrap_or(isize::MAX));
+    }
+    if index.hasattr(intern!(index.py(), "__index__"))? {
+        return index.extract::<isize>();
+    }
+    Err(PyTypeError::new_err(format!(
+        "list indices must be integers or slices, not {}",
+        index.get_type().name()?
+    )))
+}
+
+/// A Python value as the codec's borrowed value. Types are matched exactly,
+/// as CPython's `_types_mapping[type(value)]` does (so `True` is a bool and
+/// an IntEnum is refused), with CPython's KeyError for the rest.
+fn value_ref<'a>(value: &'a Bound<'_, PyAny>) -> PyResult<ValueRef<'a>> {
+    if value.is_none() {
+        Ok(ValueRef::None)
+    } else if value.is_exact_instance_of::<PyBool>() {
+        Ok(ValueRef::Bool(value.is_truthy()?))
+    } else if value.is_exact_instance_of::<PyInt>() {
+        value.extract::<i64>().map(ValueRef::Int).map_err(|_| {
+            // CPython raises struct.error, after creating the segment; we
+            // raise it before.
+            struct_error(value.py(), "argument out of range")
+        })
+    } else if value.is_exact_instance_of::<PyFloat>() {
+        Ok(ValueRef::Float(value.cast::<PyFloat>()?.value()))
+    } else if value.is_exact_instance_of::<PyString>() {
+        Ok(ValueRef::Str(value.cast::<PyString>()?.to_str()?))
+    } else if value.is_exact_instance_of::<PyBytes>() {
+        Ok(ValueRef::Bytes(value.cast::<PyBytes>()?.as_bytes()))
+    } else {
+        Err(PyKeyError::new_err(value.get_type().unbind()))
+    }
+}
+
+fn struct_error(py: Python<'_>, message: &str) -> PyErr {
+    match py.import("struct").and_then(|m| m.getattr("error")) {
+        Ok(cls) => PyErr::from_type(
+            cls.cast_into().expect("struct.error is a type"),
+            message.to_owned(),
+        ),
+        Err(e) => e,
+    }
+}
+
+fn to_py(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Int(v) => v.into_pyobject(py)?.into_any(),
+        Value::Float(v) => PyFloat::new(py, v).into_any(),
+        Value::Bool(v) => PyBool::new(py, v).to_owned().into_any(),
+        Value::None => py.None().into_bound(py),
+        Value::Str(v) => PyString::new(py, &v).into_any(),
+        Value::Bytes(v) => PyBytes::new(py, &v).into_any(),
+    })
+}
+
+/// A list error as the exception CPython raises for the same failure, or a
+/// ValueError where CPython has none (it returns garbage or crashes).
+fn list_err(err: Error) -> PyErr {
+    match err {
+        Error::List(ListError::IndexOutOfRange { .. }) => {
+            PyIndexError::new_err("index out of range")
+        }
+        Error::List(e) => PyValueError::new_err(e.to_string()),
+        other => to_pyerr(other, ""),
+    }
+}
