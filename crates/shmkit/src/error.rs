@@ -124,6 +124,9 @@ pub enum Error {
     /// A [`ShareableList`](crate::ShareableList) operation was refused.
     #[error(transparent)]
     List(#[from] crate::list::ListError),
+    /// A [`manager`](crate::manager) operation failed.
+    #[error(transparent)]
+    Manager(#[from] crate::manager::ManagerError),
     /// Any other failure of a system call.
     #[error("{op} of shared memory segment {name:?} failed: {source}")]
     Io {
@@ -150,6 +153,7 @@ impl Error {
             Error::PermissionDenied { .. } => Some(Errno::ACCESS.raw_os_error()),
             Error::InvalidFlags(_) => Some(Errno::INVAL.raw_os_error()),
             Error::Io { source, .. } => source.raw_os_error(),
+            Error::Manager(e) => e.errno(),
             _ => None,
         }
     }

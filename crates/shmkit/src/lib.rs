@@ -27,6 +27,7 @@
 
 mod error;
 pub mod list;
+pub mod manager;
 pub mod name;
 mod region;
 mod segment;
@@ -34,5 +35,6 @@ mod sys;
 
 pub use error::{Error, NameProblem, Result};
 pub use list::ShareableList;
+pub use manager::SharedMemoryManager;
 pub use region::Region;
 pub use segment::{exists, rename, unlink, Options, RenameFlags, SharedMemory};

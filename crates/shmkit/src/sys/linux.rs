@@ -149,3 +149,105 @@ pub(crate) fn exists(name: &str) -> bool {
     )
     .is_ok()
 }
+
+/// A socket that becomes readable each time this process gets `SIGTERM`
+/// (which then no longer kills it), so that a manager process can unlink
+/// its segments before it exits.
+pub(crate) fn sigterm_socket() -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    write.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
+    Ok(read)
+}
+
+/// `kill(pid, SIGTERM)`.
+pub(crate) fn terminate(pid: u32) -> Result<(), Errno> {
+    rustix::process::kill_process(to_pid(pid)?, rustix::process::Signal::TERM)
+}
+
+// ---------------------------------------------------------------------------
+// For the manager: waiting on sockets, a stop signal, and a watched process.
+
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`: a descriptor that becomes
+/// readable, for good, once [`notify`] has written to it.
+pub(crate) fn event() -> Result<OwnedFd, Errno> {
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+}
+
+/// Makes an [`event`] descriptor readable (and leaves it so: nobody reads it).
+pub(crate) fn notify(fd: impl AsFd) -> Result<(), Errno> {
+    match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+        // The counter is full, which is readable already.
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `poll(2)` for readability: which of `fds` are readable (or closed or in
+/// error) within `timeout` (forever without one). Restarts after `EINTR`.
+pub(crate) fn wait_readable(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> Result<Vec<bool>, Errno> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let timeout = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    loop {
+        match rustix::event::poll(&mut polled, timeout.as_ref()) {
+            Ok(_) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(polled.iter().map(|p| !p.revents().is_empty()).collect())
+}
+
+/// `pidfd_open(pid, 0)`: a descriptor that becomes readable when the process
+/// exits.
+pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    rustix::process::pidfd_open(to_pid(pid)?, rustix::process::PidfdFlags::empty())
+}
+
+fn to_pid(pid: u32) -> Result<rustix::process::Pid, Errno> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(Errno::SRCH)
+}
+
+/// The parent's pid, or `None` once the parent is gone and no reaper is
+/// visible from this pid namespace.
+pub(crate) fn parent_pid() -> Option<u32> {
+    rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
+}
+
+/// Whether a process `pid` exists (it may be a zombie), by `kill(pid, 0)`.
+pub(crate) fn process_exists(pid: u32) -> bool {
+    match to_pid(pid) {
+        Ok(pid) => !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH)),
+        Err(_) => false,
+    }
+}
+
+/// Makes `SIGINT` harmless to this process, as CPython's manager process
+/// ignores it: a Ctrl-C meant for the parent must not kill the server.
+/// (A handler that does nothing, which unlike `SIG_IGN` needs no `unsafe`.)
+pub(crate) fn ignore_sigint() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, flag).is_ok()
+    });
+    if installed {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("could not install a SIGINT handler"))
+    }
+}

@@ -1,0 +1,928 @@
+//! [`Server`]: CPython's `SharedMemoryServer`, natively. It keeps the names
+//! of the segments its clients made, and unlinks them all when it stops,
+//! whatever stops it: a `shutdown` request, [`Stopper::stop`], or the death
+//! of a process it watches.
+//!
+//! Each connection is CPython's one-shot function call, on a thread of its
+//! own: the server challenges, then answers the client's challenge, reads
+//! one `(None, funcname, args, kwds)` request, replies `('#RETURN', result)`
+//! or `('#TRACEBACK', text)`, and closes. After a wrong key the client gets
+//! `#FAILURE#` and a traceback, and nothing runs.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::address::{Address, Listener};
+use super::auth::{self, ChallengeKind};
+use super::connection::Connection;
+use super::error::ManagerError;
+use super::frame;
+use super::pickle::PyValue;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// How long a connection may sit idle in the middle of a request before the
+/// server drops it, unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stopping server waits for requests already being answered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Settings for a [`Server`]; [`bind`](Self::bind) makes one.
+///
+/// ```
+/// use shmkit::manager::{Client, Server};
+///
+/// let server = Server::options()
+///     .address("127.0.0.1:0".parse().unwrap())
+///     .authkey(b"secret")
+///     .bind()?;
+/// let handle = server.spawn()?;
+/// let client = Client::new(handle.address().clone(), b"secret");
+/// assert_eq!(client.list_segments()?, Vec::<String>::new());
+/// client.shutdown()?;
+/// handle.join()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub(crate) address: Option<Address>,
+    pub(crate) authkey: Option<Vec<u8>>,
+    pub(crate) max_message_len: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) challenge: ChallengeKind,
+    pub(crate) watch: Option<u32>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            address: None,
+            authkey: None,
+            max_message_len: frame::DEFAULT_MAX_LEN,
+            timeout: Some(DEFAULT_TIMEOUT),
+            challenge: ChallengeKind::Modern,
+            watch: None,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The defaults: a private Unix socket, a random key, modern challenges,
+    /// 64 MiB messages, a 60 s idle limit, no process watched.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where to listen. Without one, a Unix socket `listener-XXXXXXXX` in a
+    /// new private directory `pymp-XXXXXXXX` under the temporary directory,
+    /// mode `0600`, as CPython chooses (and removes when the server stops).
+    pub fn address(mut self, address: Address) -> Self {
+        self.address = Some(address);
+        self
+    }
+
+    /// The shared secret. Without one, 32 random bytes, as CPython's
+    /// `process.current_process().authkey` is.
+    pub fn authkey(mut self, authkey: &[u8]) -> Self {
+        self.authkey = Some(authkey.to_vec());
+        self
+    }
+
+    /// The longest request accepted after authentication (during it, 256
+    /// bytes, as in CPython).
+    pub fn max_message_len(mut self, max_len: usize) -> Self {
+        self.max_message_len = max_len;
+        self
+    }
+
+    /// How long a connection may wait for its peer in the middle of the
+    /// exchange (`None`: forever, as CPython's server does).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Which challenge to send: [`ChallengeKind::Modern`] (the default)
+    /// works with every CPython; [`ChallengeKind::Legacy`] is what 3.11 and
+    /// earlier send.
+    pub fn challenge(mut self, kind: ChallengeKind) -> Self {
+        self.challenge = kind;
+        self
+    }
+
+    /// Watches process `pid`: when it exits, even by `SIGKILL`, the server
+    /// unlinks every segment it tracks and stops. Meant for the parent that
+    /// started a manager process, so that its death cannot leak segments.
+    /// On Linux this is a `pidfd`, so the server learns at once.
+    pub fn watch_process(mut self, pid: u32) -> Self {
+        self.watch = Some(pid);
+        self
+    }
+
+    /// Binds the listening socket.
+    pub fn bind(self) -> Result<Server> {
+        let listener = Listener::bind(self.address.as_ref())?;
+        let authkey = match self.authkey {
+            Some(key) => key,
+            None => random_authkey(),
+        };
+        let stop = sys::event().map_err(|e| ManagerError::io("eventfd", e.into()))?;
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                stop,
+                active: (Mutex::new(0), Condvar::new()),
+            }),
+            config: Arc::new(Config {
+                authkey,
+                max_message_len: self.max_message_len,
+                timeout: self.timeout,
+                challenge: self.challenge,
+            }),
+            watch: self.watch,
+        })
+    }
+}
+
+/// 32 random bytes, as CPython gives every main process for its authkey.
+pub fn random_authkey() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).expect("the OS random number generator failed");
+    key
+}
+
+/// A bound manager server, ready to [`serve`](Self::serve) (on this thread)
+/// or [`spawn`](Self::spawn) (on a new one).
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    watch: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Config {
+    authkey: Vec<u8>,
+    max_message_len: usize,
+    timeout: Option<Duration>,
+    challenge: ChallengeKind,
+}
+
+/// What the connection threads, the watcher and the stoppers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Readable once the server is stopping.
+    stop: OwnedFd,
+    /// Connections being handled, to let them finish before the end.
+    active: (Mutex<usize>, Condvar),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    segments: Vec<String>,
+    /// Set once the segments were unlinked: no more may be tracked.
+    closed: bool,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; if something did, the list
+        // of names is still the best knowledge there is.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses further tracking and unlinks every tracked segment,
+    /// continuing past failures. Only the first call does anything.
+    pub(crate) fn close_and_unlink(&self) {
+        let names = {
+            let mut state = self.state();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            std::mem::take(&mut state.segments)
+        };
+        let mut failed = 0usize;
+        for name in &names {
+            match crate::unlink(name) {
+                Ok(()) | Err(Error::NotFound { .. }) => {}
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(segment = %name, error = %e, "manager could not unlink a segment");
+                }
+            }
+        }
+        tracing::debug!(count = names.len(), failed, "manager unlinked its segments");
+    }
+
+    /// Wakes the accept loop (and the watcher) for good.
+    pub(crate) fn signal_stop(&self) {
+        if let Err(e) = sys::notify(&self.stop) {
+            tracing::error!(error = %e, "manager could not signal its own stop");
+        }
+    }
+
+    pub(crate) fn stop_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stop.as_fd()
+    }
+
+    fn is_stopping(&self) -> bool {
+        sys::wait_readable(&[self.stop.as_fd()], Some(Duration::ZERO))
+            .map(|r| r[0])
+            .unwrap_or(false)
+    }
+
+    /// Unlinks everything, then stops.
+    pub(crate) fn stop(&self) {
+        self.close_and_unlink();
+        self.signal_stop();
+    }
+}
+
+impl Server {
+    /// A server on `address` (a private Unix socket with `None`) with
+    /// `authkey`, and every other setting at its default.
+    pub fn bind(address: Option<Address>, authkey: &[u8]) -> Result<Server> {
+        let mut options = ServerOptions::new().authkey(authkey);
+        options.address = address;
+        options.bind()
+    }
+
+    /// Settings for the less common ways to make a server.
+    pub fn options() -> ServerOptions {
+        ServerOptions::new()
+    }
+
+    /// Where the server listens (for TCP port 0, the port it got).
+    pub fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// The shared secret clients must know.
+    pub fn authkey(&self) -> &[u8] {
+        &self.config.authkey
+    }
+
+    /// A handle that stops the server from anywhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.shared))
+    }
+
+    /// Serves until stopped, then unlinks every tracked segment (if the stop
+    /// did not already) and removes its socket file.
+    pub fn serve(self) -> Result<()> {
+        let _watcher = match self.watch {
+            Some(pid) => Some(super::watch::spawn(pid, Arc::clone(&self.shared))?),
+            None => None,
+        };
+        tracing::debug!(address = %self.address(), "manager serving");
+        let result = self.accept_loop();
+        self.shared.stop();
+        self.drain();
+        result
+    }
+
+    /// Serves on a new thread.
+    pub fn spawn(self) -> Result<ServerHandle> {
+        let address = self.address().clone();
+        let authkey = self.config.authkey.clone();
+        let stopper = self.stopper();
+        let thread = std::thread::Builder::new()
+            .name("shmkit-manager".into())
+            .spawn(move || self.serve())
+            .map_err(|e| ManagerError::io("spawn a thread", e))?;
+        Ok(ServerHandle {
+            address,
+            authkey,
+            stopper,
+            thread: Some(thread),
+        })
+    }
+
+    fn accept_loop(&self) -> Result<()> {
+        loop {
+            let ready = sys::wait_readable(&[self.listener.as_fd(), self.shared.stop_fd()], None)
+                .map_err(|e| ManagerError::io("poll", e.into()))?;
+            if ready[1] {
+                return Ok(());
+            }
+            match self.listener.accept() {
+                Ok(stream) => self.dispatch(Connection::from_stream(stream)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::Interrupted
+                            | std::io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    // Out of descriptors, say: CPython carries on, and so do
+                    // we, without spinning.
+                    tracing::warn!(error = %e, "manager accept failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Answers a connection on a thread of its own.
+    fn dispatch(&self, conn: Connection) {
+        let shared = Arc::clone(&self.shared);
+        let config = Arc::clone(&self.config);
+        *shared.active.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        let spawned = std::thread::Builder::new()
+            .name("shmkit-manager-conn".into())
+            .spawn(move || {
+                handle(conn, &shared, &config);
+                let (count, cv) = &shared.active;
+                *count.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+                cv.notify_all();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "manager could not start a connection thread");
+            *self.shared.active.0.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        }
+    }
+
+    /// Gives requests in flight a moment to be answered.
+    fn drain(&self) {
+        let (count, cv) = &self.shared.active;
+        let guard = count.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = cv.wait_timeout_while(guard, DRAIN_TIMEOUT, |n| *n > 0);
+    }
+}
+
+/// Stops a [`Server`] from any thread: unlinks every segment it tracks, then
+/// ends its [`serve`](Server::serve).
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    /// Unlinks every tracked segment and stops the server. Tracking requests
+    /// that arrive afterwards are refused, so nothing tracked late can leak.
+    pub fn stop(&self) {
+        self.0.stop();
+    }
+
+    /// Whether the server is stopping or stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.0.is_stopping()
+    }
+
+    /// The names the server tracks now.
+    pub fn segments(&self) -> Vec<String> {
+        self.0.state().segments.clone()
+    }
+}
+
+/// A [`Server`] running on a thread of this process. Dropping it stops the
+/// server (unlinking its segments) and waits for the thread.
+#[derive(Debug)]
+pub struct ServerHandle {
+    address: Address,
+    authkey: Vec<u8>,
+    stopper: Stopper,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl ServerHandle {
+    /// Where the server listens.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The shared secret clients must know.
+    pub fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+
+    /// A handle that stops the server.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Stops the server (unlinking its segments) and waits for it.
+    pub fn stop(mut self) -> Result<()> {
+        self.stopper.stop();
+        self.wait()
+    }
+
+    /// Waits until something else stops the server (a `shutdown` request, a
+    /// [`Stopper`], a watched process's death).
+    pub fn join(mut self) -> Result<()> {
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(ManagerError::Process("the manager thread panicked".into()).into())
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stopper.stop();
+            let _ = self.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One connection
+
+/// A reply, and whether it is the answer to `shutdown`.
+struct Outcome {
+    reply: PyValue,
+    shutdown: bool,
+}
+
+fn handle(mut conn: Connection, shared: &Shared, config: &Config) {
+    if let Err(e) = conn.set_timeout(config.timeout) {
+        tracing::warn!(error = %e, "manager could not set a timeout");
+    }
+    conn.set_max_message_len(config.max_message_len);
+    let Some(outcome) = exchange(&mut conn, shared, config) else {
+        return;
+    };
+    if let Err(e) = conn.send(&outcome.reply) {
+        tracing::debug!(error = %e, "manager could not send its reply");
+    }
+    if outcome.shutdown {
+        // CPython's `Server.shutdown` replies, and `_handle_request` replies
+        // again; clients read one. Only then does the server stop.
+        let _ = conn.send(&outcome.reply);
+        shared.signal_stop();
+    }
+}
+
+/// Authenticates, reads the request and runs it. `None` when there is no
+/// one left to reply to.
+fn exchange(conn: &mut Connection, shared: &Shared, config: &Config) -> Option<Outcome> {
+    let traceback = |func: &str, exc: String| Outcome {
+        reply: PyValue::Tuple(vec!["#TRACEBACK".into(), traceback(func, &exc).into()]),
+        shutdown: false,
+    };
+    let handshake = auth::deliver_challenge(conn, &config.authkey, config.challenge)
+        .and_then(|()| auth::answer_challenge(conn, &config.authkey));
+    if let Err(e) = handshake {
+        tracing::warn!(error = %e, "manager refused a connection");
+        return match e {
+            // The peer is gone: nobody to tell.
+            Error::Manager(ManagerError::Eof | ManagerError::Io { .. }) => None,
+            e => Some(traceback("_handle_request", exception_line(&e))),
+        };
+    }
+    let request = match conn.recv() {
+        Ok(request) => request,
+        Err(Error::Manager(ManagerError::Eof)) => return None,
+        Err(e) => return Some(traceback("_handle_request", exception_line(&e))),
+    };
+    tracing::debug!(request = %request, "manager request");
+    let (func, args, kwds) = match parse_request(&request) {
+        Ok(parsed) => parsed,
+        Err(exc) => return Some(traceback("_handle_request", exc)),
+    };
+    let shutdown = func == Func::Shutdown;
+    match call(shared, func, args, kwds) {
+        Ok(result) => Some(Outcome {
+            reply: PyValue::Tuple(vec!["#RETURN".into(), result]),
+            shutdown,
+        }),
+        Err(exc) => Some(traceback(func.name(), exc)),
+    }
+}
+
+/// A traceback in CPython's shape, for `RemoteError` to show.
+fn traceback(func: &str, exception: &str) -> String {
+    format!(
+        "Traceback (most recent call last):\n  File \"shmkit/manager/server.rs\", in {func}\n{exception}\n"
+    )
+}
+
+/// The last line of the traceback CPython would print for `e`.
+fn exception_line(e: &Error) -> String {
+    match e {
+        Error::Manager(m) => match m {
+            ManagerError::Authentication(reason) => {
+                format!("multiprocessing.context.AuthenticationError: {reason}")
+            }
+            ManagerError::Pickle(p) => format!("_pickle.UnpicklingError: {p}"),
+            ManagerError::Eof => "EOFError".into(),
+            ManagerError::Truncated => "OSError: got end of file during message".into(),
+            ManagerError::TooLong { .. } | ManagerError::BadLength(_) => {
+                format!("OSError: bad message length ({m})")
+            }
+            other => format!("OSError: {other}"),
+        },
+        other => os_error_line(other),
+    }
+}
+
+/// `FileNotFoundError: [Errno 2] No such file or directory: '/psm_x'` and
+/// its kin, for an error about segment `name`.
+fn os_error_line(e: &Error) -> String {
+    let name = match e {
+        Error::NotFound { name }
+        | Error::AlreadyExists { name }
+        | Error::PermissionDenied { name }
+        | Error::InvalidName { name, .. }
+        | Error::Io { name, .. } => Some(format!("/{}", name.trim_start_matches('/'))),
+        _ => None,
+    };
+    let Some(errno) = e.errno() else {
+        return format!("ValueError: {e}");
+    };
+    let kind = match rustix::io::Errno::from_raw_os_error(errno) {
+        rustix::io::Errno::NOENT => "FileNotFoundError",
+        rustix::io::Errno::EXIST => "FileExistsError",
+        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => "PermissionError",
+        _ => "OSError",
+    };
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    let text = text
+        .split(" (os error")
+        .next()
+        .unwrap_or(&text)
+        .to_owned();
+    match name {
+        Some(name) => format!(
+            "{kind}: [Errno {errno}] {text}: {}",
+            PyValue::Str(name).repr()
+        ),
+        None => format!("{kind}: [Errno {errno}] {text}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The functions
+
+/// The functions a `SharedMemoryServer` exposes (its `public` list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Func {
+    TrackSegment,
+    ReleaseSegment,
+    ListSegments,
+    Shutdown,
+    Dummy,
+    DebugInfo,
+    NumberOfObjects,
+    Create,
+    Incref,
+    Decref,
+    GetMethods,
+    AcceptConnection,
+}
+
+impl Func {
+    const ALL: [Func; 12] = [
+        Func::TrackSegment,
+        Func::ReleaseSegment,
+        Func::ListSegments,
+        Func::Shutdown,
+        Func::Dummy,
+        Func::DebugInfo,
+        Func::NumberOfObjects,
+        Func::Create,
+        Func::Incref,
+        Func::Decref,
+        Func::GetMethods,
+        Func::AcceptConnection,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Func::TrackSegment => "track_segment",
+            Func::ReleaseSegment => "release_segment",
+            Func::ListSegments => "list_segments",
+            Func::Shutdown => "shutdown",
+            Func::Dummy => "dummy",
+            Func::DebugInfo => "debug_info",
+            Func::NumberOfObjects => "number_of_objects",
+            Func::Create => "create",
+            Func::Incref => "incref",
+            Func::Decref => "decref",
+            Func::GetMethods => "get_methods",
+            Func::AcceptConnection => "accept_connection",
+        }
+    }
+
+    /// The class CPython defines it on, for messages.
+    fn owner(self) -> &'static str {
+        match self {
+            Func::TrackSegment
+            | Func::ReleaseSegment
+            | Func::ListSegments
+            | Func::Shutdown
+            | Func::Create => "SharedMemoryServer",
+            _ => "Server",
+        }
+    }
+
+    /// Parameter names after `self` and the connection.
+    fn params(self) -> &'static [&'static str] {
+        match self {
+            Func::TrackSegment | Func::ReleaseSegment => &["segment_name"],
+            Func::Incref | Func::Decref => &["ident"],
+            Func::GetMethods => &["token"],
+            Func::AcceptConnection => &["name"],
+            Func::Create => &["typeid"],
+            _ => &[],
+        }
+    }
+}
+
+type Parsed<'a> = (Func, &'a [PyValue], &'a [(PyValue, PyValue)]);
+
+/// `ignore, funcname, args, kwds = request` and the `public` check, with
+/// CPython's exceptions.
+fn parse_request(request: &PyValue) -> std::result::Result<Parsed<'_>, String> {
+    let Some(items) = request.as_sequence() else {
+        return Err(format!(
+            "TypeError: cannot unpack non-iterable {} object",
+            request.type_name()
+        ));
+    };
+    let [_, funcname, args, kwds] = items else {
+        return Err(if items.len() < 4 {
+            format!(
+                "ValueError: not enough values to unpack (expected 4, got {})",
+                items.len()
+            )
+        } else {
+            "ValueError: too many values to unpack (expected 4)".into()
+        });
+    };
+    let func = Func::ALL
+        .into_iter()
+        .find(|f| funcname.as_str() == Some(f.name()))
+        .ok_or_else(|| format!("AssertionError: {} unrecognized", funcname.repr()))?;
+    let Some(args) = args.as_sequence() else {
+        return Err(format!(
+            "TypeError: {}.{}() argument after * must be an iterable, not {}",
+            func.owner(),
+            func.name(),
+            args.type_name()
+        ));
+    };
+    let PyValue::Dict(kwds) = kwds else {
+        return Err(format!(
+            "TypeError: {}.{}() argument after ** must be a mapping, not {}",
+            func.owner(),
+            func.name(),
+            kwds.type_name()
+        ));
+    };
+    Ok((func, args, kwds))
+}
+
+/// Python's argument binding for `func(c, *args, **kwds)`, with its
+/// messages. `Create` takes extra arguments, which it ignores.
+fn bind<'a>(
+    func: Func,
+    args: &'a [PyValue],
+    kwds: &'a [(PyValue, PyValue)],
+) -> std::result::Result<Vec<&'a PyValue>, String> {
+    let params = func.params();
+    let qualname = format!("{}.{}()", func.owner(), func.name());
+    let variadic = func == Func::Create;
+    if args.len() > params.len() && !variadic {
+        return Err(format!(
+            "TypeError: {qualname} takes {} positional arguments but {} were given",
+            params.len() + 2,
+            args.len() + 2
+        ));
+    }
+    let mut bound: Vec<Option<&PyValue>> = params.iter().map(|_| None).collect();
+    for (slot, arg) in bound.iter_mut().zip(args) {
+        *slot = Some(arg);
+    }
+    for (key, value) in kwds {
+        let Some(key) = key.as_str() else {
+            return Err("TypeError: keywords must be strings".into());
+        };
+        match params.iter().position(|p| *p == key) {
+            // `typeid` is positional-only.
+            Some(i) if !variadic => {
+                if bound[i].is_some() {
+                    return Err(format!(
+                        "TypeError: {qualname} got multiple values for argument '{key}'"
+                    ));
+                }
+                bound[i] = Some(value);
+            }
+            _ if variadic => {}
+            _ => {
+                return Err(format!(
+                    "TypeError: {qualname} got an unexpected keyword argument '{key}'"
+                ))
+            }
+        }
+    }
+    let missing: Vec<String> = params
+        .iter()
+        .zip(&bound)
+        .filter(|(_, b)| b.is_none())
+        .map(|(p, _)| format!("'{p}'"))
+        .collect();
+    if !missing.is_empty() {
+        let s = if missing.len() == 1 { "" } else { "s" };
+        return Err(format!(
+            "TypeError: {qualname} missing {} required positional argument{s}: {}",
+            missing.len(),
+            missing.join(" and ")
+        ));
+    }
+    Ok(bound.into_iter().map(|b| b.expect("checked")).collect())
+}
+
+fn segment_name(value: &PyValue) -> std::result::Result<&str, String> {
+    let name = value.as_str().ok_or_else(|| {
+        format!(
+            "TypeError: a segment name must be str, not {}",
+            value.type_name()
+        )
+    })?;
+    crate::name::validate(name).map_err(|e| os_error_line(&e))?;
+    Ok(name)
+}
+
+/// Runs `func`; `Err` is the exception line of a traceback.
+fn call(
+    shared: &Shared,
+    func: Func,
+    args: &[PyValue],
+    kwds: &[(PyValue, PyValue)],
+) -> std::result::Result<PyValue, String> {
+    let args = bind(func, args, kwds)?;
+    match func {
+        Func::TrackSegment => {
+            // CPython keeps duplicates, and so do we: each is unlinked once.
+            let name = segment_name(args[0])?;
+            let mut state = shared.state();
+            if state.closed {
+                return Err(
+                    "RuntimeError: the manager is shutting down; the segment is not tracked".into(),
+                );
+            }
+            state.segments.push(name.to_owned());
+            Ok(PyValue::None)
+        }
+        Func::ReleaseSegment => {
+            let target = args[0];
+            {
+                let mut state = shared.state();
+                let at = state
+                    .segments
+                    .iter()
+                    .position(|n| target.as_str() == Some(n.as_str()))
+                    .ok_or("ValueError: list.remove(x): x not in list")?;
+                state.segments.remove(at);
+            }
+            let name = segment_name(target)?;
+            crate::unlink(name).map_err(|e| os_error_line(&e))?;
+            Ok(PyValue::None)
+        }
+        Func::ListSegments => Ok(PyValue::List(
+            shared
+                .state()
+                .segments
+                .iter()
+                .map(|n| n.as_str().into())
+                .collect(),
+        )),
+        Func::Shutdown => {
+            shared.close_and_unlink();
+            Ok(PyValue::None)
+        }
+        Func::Dummy => Ok(PyValue::None),
+        Func::DebugInfo => Ok(PyValue::Str(String::new())),
+        Func::NumberOfObjects => Ok(PyValue::Int(0)),
+        // A SharedMemoryManager registers no types, so CPython's lookups
+        // fail the same way.
+        Func::Create | Func::Incref | Func::Decref => Err(format!("KeyError: {}", args[0].repr())),
+        Func::GetMethods | Func::AcceptConnection => Err(format!(
+            "NotImplementedError: {}: a SharedMemoryManager has no shared objects",
+            func.name()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(func: &str, args: Vec<PyValue>, kwds: Vec<(PyValue, PyValue)>) -> PyValue {
+        PyValue::Tuple(vec![
+            PyValue::None,
+            func.into(),
+            PyValue::Tuple(args),
+            PyValue::Dict(kwds),
+        ])
+    }
+
+    fn run(shared: &Shared, request: &PyValue) -> std::result::Result<PyValue, String> {
+        let (func, args, kwds) = parse_request(request)?;
+        call(shared, func, args, kwds)
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            state: Mutex::new(State::default()),
+            stop: sys::event().unwrap(),
+            active: (Mutex::new(0), Condvar::new()),
+        }
+    }
+
+    #[test]
+    fn requests_get_cpythons_answers_and_errors() {
+        let s = shared();
+        let none = Ok(PyValue::None);
+        assert_eq!(run(&s, &req("dummy", vec![], vec![])), none);
+        assert_eq!(run(&s, &req("debug_info", vec![], vec![])), Ok("".into()));
+        assert_eq!(run(&s, &req("number_of_objects", vec![], vec![])), Ok(0.into()));
+        assert_eq!(run(&s, &req("track_segment", vec!["a".into()], vec![])), none);
+        assert_eq!(
+            run(&s, &req("track_segment", vec![], vec![("segment_name".into(), "a".into())])),
+            none
+        );
+        assert_eq!(
+            run(&s, &req("list_segments", vec![], vec![])),
+            Ok(PyValue::List(vec!["a".into(), "a".into()]))
+        );
+        let err = |r: std::result::Result<PyValue, String>| r.unwrap_err();
+        assert_eq!(
+            err(run(&s, &req("nope", vec![], vec![]))),
+            "AssertionError: 'nope' unrecognized"
+        );
+        assert_eq!(
+            err(run(&s, &req("track_segment", vec![], vec![]))),
+            "TypeError: SharedMemoryServer.track_segment() missing 1 required positional argument: 'segment_name'"
+        );
+        assert_eq!(
+            err(run(&s, &req("dummy", vec![1.into()], vec![]))),
+            "TypeError: Server.dummy() takes 2 positional arguments but 3 were given"
+        );
+        assert_eq!(
+            err(run(&s, &req("dummy", vec![], vec![("x".into(), 1.into())]))),
+            "TypeError: Server.dummy() got an unexpected keyword argument 'x'"
+        );
+        assert_eq!(
+            err(run(
+                &s,
+                &req("track_segment", vec!["b".into()], vec![("segment_name".into(), "b".into())])
+            )),
+            "TypeError: SharedMemoryServer.track_segment() got multiple values for argument 'segment_name'"
+        );
+        assert_eq!(
+            err(run(&s, &req("track_segment", vec![1.into()], vec![]))),
+            "TypeError: a segment name must be str, not int"
+        );
+        assert!(err(run(&s, &req("track_segment", vec!["a/b".into()], vec![])))
+            .starts_with("OSError: [Errno 22] Invalid argument: '/a/b'"));
+        assert_eq!(
+            err(run(&s, &req("create", vec!["Foo".into(), 1.into()], vec![]))),
+            "KeyError: 'Foo'"
+        );
+        assert_eq!(
+            err(run(&s, &PyValue::Tuple(vec![PyValue::None]))),
+            "ValueError: not enough values to unpack (expected 4, got 1)"
+        );
+        assert_eq!(
+            err(run(&s, &PyValue::Int(1))),
+            "TypeError: cannot unpack non-iterable int object"
+        );
+        assert_eq!(
+            err(run(&s, &req("release_segment", vec!["zzz".into()], vec![]))),
+            "ValueError: list.remove(x): x not in list"
+        );
+        // Released though already gone: the name is dropped, the error told.
+        let gone = format!("shmkit_server_unit_{}", std::process::id());
+        run(&s, &req("track_segment", vec![gone.as_str().into()], vec![])).unwrap();
+        assert_eq!(
+            err(run(&s, &req("release_segment", vec![gone.as_str().into()], vec![]))),
+            format!("FileNotFoundError: [Errno 2] No such file or directory: '/{gone}'")
+        );
+        assert_eq!(
+            run(&s, &req("list_segments", vec![], vec![])),
+            Ok(PyValue::List(vec!["a".into(), "a".into()]))
+        );
+        // After shutdown, nothing more is tracked.
+        assert_eq!(run(&s, &req("shutdown", vec![], vec![])), none);
+        assert!(err(run(&s, &req("track_segment", vec!["c".into()], vec![])))
+            .starts_with("RuntimeError"));
+        assert_eq!(
+            run(&s, &req("list_segments", vec![], vec![])),
+            Ok(PyValue::List(vec![]))
+        );
+    }
+}
