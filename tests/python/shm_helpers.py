@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -330,3 +331,120 @@ def mp_unpickle_and_write(pickled, data):
 
 def errno_name(code):
     return errno.errorcode.get(code, str(code))
+
+
+# --------------------------------------------------------------------------
+# ShareableList (reference §2.1, §2.2): a model of the segment's bytes,
+# written from the spec, for the tests to compare either implementation with.
+
+# The docs' example, whose bytes the reference's §2.3 shows.
+SL_EXAMPLE = ["howdy", b"HoWdY", -273.154, 100, None, True, 42]
+
+# Every type, with the edge values of each (ASCII str only, where CPython's
+# character sizing and shmkit's byte sizing agree).
+SL_SIX_TYPES = [
+    0, 1, -1, 2**63 - 1, -(2**63),
+    0.0, -0.0, 2.5, 1e308, float("inf"), float("-inf"), float("nan"),
+    True, False, None,
+    "", "a", "abcdefgh", "a\0b", "x" * 17,
+    b"", b"\x00\x01", b"12345678", b"\xff" * 9,
+]  # fmt: skip
+
+SL_FORMATS = {int: "q", float: "d", bool: "xxxxxxx?", type(None): "xxxxxx?x"}
+SL_CODES = {str: 1, bytes: 2, type(None): 3}
+
+
+def sl_slot_size(value, sizing="utf8"):
+    """The slot a new list gives ``value``: 8 for the fixed-size types; for
+    ``str``/``bytes`` the next multiple of 8 strictly above its length, in
+    UTF-8 bytes (``sizing="utf8"``, shmkit) or in characters (``"chars"``,
+    CPython 3.9-3.13, gh-88336)."""
+    if isinstance(value, str):
+        n = len(value) if sizing == "chars" else len(value.encode())
+    elif isinstance(value, bytes):
+        n = len(value)
+    else:
+        return 8
+    return 8 * (n // 8 + 1)
+
+
+def sl_item(value, slot):
+    """(format, back-transform code, slot bytes) of ``value`` in a slot of
+    ``slot`` bytes. A fixed-size value gets a zero tail in a wider slot: what
+    a new segment holds, not what a write over an older value leaves."""
+    t = type(value)
+    if t in (str, bytes):
+        raw = value.encode() if t is str else value
+        return f"{slot}s", SL_CODES[t], raw[:slot].ljust(slot, b"\0")
+    fmt = SL_FORMATS[t]
+    if t is bool:
+        data = bytes(7) + bytes([value])
+    elif t is type(None):
+        data = bytes(8)
+    else:
+        data = struct.pack(fmt, value)
+    return fmt, SL_CODES.get(t, 0), data.ljust(slot, b"\0")
+
+
+def sl_layout(values, *, sizing="utf8", slots=None):
+    """The bytes of a ShareableList of ``values`` (Python 3.9+ layout): item
+    count, N+1 data offsets, the slots, N 8-byte formats, N codes; native
+    order, no padding. ``slots`` overrides the slot sizes (a list whose
+    items changed type keeps its creation's slots)."""
+    n = len(values)
+    if slots is None:
+        slots = [sl_slot_size(v, sizing) for v in values]
+    offsets = [0]
+    for s in slots:
+        offsets.append(offsets[-1] + s)
+    items = [sl_item(v, s) for v, s in zip(values, slots)]
+    return b"".join(
+        [
+            struct.pack("q", n),
+            struct.pack(f"{n + 1}q", *offsets),
+            b"".join(data for _, _, data in items),
+            b"".join(fmt.encode("ascii").ljust(8, b"\0") for fmt, _, _ in items),
+            struct.pack(f"{n}b", *(code for _, code, _ in items)),
+        ]
+    )
+
+
+def sl_format(values, *, sizing="utf8"):
+    """The ``.format`` of a new list of ``values``."""
+    return "".join(sl_item(v, sl_slot_size(v, sizing))[0] for v in values)
+
+
+def typed(values):
+    """Values made comparable with their types: ``True`` is not ``1``, and a
+    float compares by its repr (so nan equals nan, -0.0 is not 0.0)."""
+    return [(type(v).__name__, repr(v) if isinstance(v, float) else v) for v in values]
+
+
+def segment_bytes(name):
+    """The whole segment ``name`` as bytes, read from /dev/shm: no mapping, no
+    resource tracker, whatever implementation made it."""
+    with open(shm_path(name), "rb") as f:
+        return f.read()
+
+
+def list_class(mod):
+    """``mod.ShareableList``; the test is skipped if ``mod`` has none yet
+    (shmkit's is being written), and fails under SHMKIT_REQUIRED=1."""
+    cls = getattr(mod, "ShareableList", None)
+    if cls is None:
+        import pytest
+
+        msg = f"{mod.__name__} has no ShareableList yet"
+        if is_shmkit(mod) and os.environ.get("SHMKIT_REQUIRED") == "1":
+            pytest.fail(f"SHMKIT_REQUIRED=1 but {msg}")
+        pytest.skip(msg)
+    return cls
+
+
+def attach_list_untracked(mod, name):
+    """``ShareableList(name=name)`` without making this process responsible
+    for the segment. ShareableList has no ``track=``: a stdlib attach always
+    registers (3.8-3.13, gh-82300), so it is unregistered straight away."""
+    sl = list_class(mod)(name=name)
+    untrack(mod, sl.shm)
+    return sl

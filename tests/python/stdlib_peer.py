@@ -17,6 +17,23 @@ stdin, one answer per command on stdout.
         {"size", "head"} (head = the first 64 bytes), writes HEX at OFFSET,
         closes and exits. With the extra argument "tracked", it stays
         registered, as a naive 3.8-3.12 program would.
+
+    stdlib_peer.py lists
+        Serves ShareableList commands; NAME is a segment name, VALUE a value
+        as encode_value() gives it (JSON null, booleans, numbers and strings
+        as themselves; {"bytes": HEX}; {"float": "nan"|"inf"|"-inf"}):
+          {"create": [NAME|null, [VALUE...]]} -> STATE
+          {"attach": NAME}         -> STATE (untracked: ShareableList has no
+                                      track=, so it is unregistered, gh-82300)
+          {"state": NAME}          -> STATE
+          {"set": [NAME, I, VALUE]} -> {"ok": true}
+          {"close": NAME}          -> {"ok": true}
+          {"unlink": NAME}         -> {"ok": true} (closes and unlinks)
+        STATE = {"name", "size", "len", "format", "values", "hex"}: "hex" is
+        the whole segment, and an item that cannot be read is
+        {"error": [TYPE, MESSAGE]} in "values". A command that raises is
+        answered {"error": [TYPE, MESSAGE]}. At end of input it closes every
+        list, and unlinks those it created.
 """
 
 import json
@@ -67,11 +84,91 @@ def attach(name, offset, data, tracked=False):
         shm.close()
 
 
+def encode_value(value):
+    """A ShareableList value as JSON can carry it, type and all."""
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+        return {"float": repr(value)}
+    return value
+
+
+def decode_value(value):
+    if isinstance(value, dict):
+        if "bytes" in value:
+            return bytes.fromhex(value["bytes"])
+        if "float" in value:
+            return float(value["float"])
+    return value
+
+
+def _error(e):
+    return {"error": [type(e).__name__, str(e)]}
+
+
+def _state(sl):
+    values = []
+    for i in range(len(sl)):
+        try:
+            values.append(encode_value(sl[i]))
+        except Exception as e:
+            values.append(_error(e))
+    return {
+        "name": sl.shm.name,
+        "size": sl.shm.size,
+        "len": len(sl),
+        "format": sl.format,
+        "values": values,
+        "hex": bytes(sl.shm.buf[: sl.shm.size]).hex(),
+    }
+
+
+def lists():
+    opened = {}  # name -> (ShareableList, created)
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            try:
+                if "create" in cmd:
+                    name, values = cmd["create"]
+                    sl = shared_memory.ShareableList([decode_value(v) for v in values], name=name)
+                    opened[sl.shm.name] = (sl, True)
+                    answer(_state(sl))
+                elif "attach" in cmd:
+                    sl = shared_memory.ShareableList(name=cmd["attach"])
+                    resource_tracker.unregister(sl.shm._name, "shared_memory")
+                    opened[sl.shm.name] = (sl, False)
+                    answer(_state(sl))
+                elif "state" in cmd:
+                    answer(_state(opened[cmd["state"]][0]))
+                elif "set" in cmd:
+                    name, i, value = cmd["set"]
+                    opened[name][0][i] = decode_value(value)
+                    answer({"ok": True})
+                elif "close" in cmd or "unlink" in cmd:
+                    sl, _ = opened.pop(cmd.get("close") or cmd["unlink"])
+                    sl.shm.close()
+                    if "unlink" in cmd:
+                        sl.shm.unlink()
+                    answer({"ok": True})
+                else:
+                    answer({"error": ["KeyError", f"unknown command {cmd!r}"]})
+            except Exception as e:
+                answer(_error(e))
+    finally:
+        for sl, created in opened.values():
+            sl.shm.close()
+            if created:
+                sl.shm.unlink()
+
+
 def main(argv):
     if argv[0] == "create":
         create(argv[1], argv[2], bytes.fromhex(argv[3]))
     elif argv[0] == "attach":
         attach(argv[1], argv[2], bytes.fromhex(argv[3]), tracked=argv[4:] == ["tracked"])
+    elif argv[0] == "lists":
+        lists()
     else:
         raise SystemExit(f"unknown command {argv[0]!r}")
 
