@@ -4,10 +4,12 @@
 //! so it lives here, over the core's layout codec; the Python subclass adds
 //! `__repr__`, `__reduce__` and `__class_getitem__`.
 
-use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError, PyValueError};
-use pyo3::intern;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PySlice, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
+use pyo3::{ffi, intern};
 use shmkit::list::layout::Layout;
 use shmkit::list::{ListError, Value, ValueRef};
 use shmkit::{Error, Region};
@@ -24,13 +26,45 @@ pub(crate) struct ShareableListBase {
     /// The mapping, held so that items stay readable whatever is done to
     /// `shm`, and never read after an unmap.
     segment: Option<Py<Segment>>,
-    layout: Option<Layout>,
+    layout: Option<Arc<Layout>>,
+}
+
+/// The iterator of a ShareableList: a private copy of the segment, decoded
+/// item by item.
+#[pyclass(module = "shmkit._shmkit")]
+pub(crate) struct ListIter {
+    snapshot: Vec<u8>,
+    layout: Arc<Layout>,
+    next: usize,
+}
+
+#[pymethods]
+impl ListIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if self.next >= self.layout.len() {
+            return Ok(None);
+        }
+        let value = self
+            .layout
+            .get(&self.snapshot[..], self.next as isize)
+            .map_err(list_err)?;
+        self.next += 1;
+        to_py(py, value).map(Some)
+    }
+
+    fn __length_hint__(&self) -> usize {
+        self.layout.len() - self.next.min(self.layout.len())
+    }
 }
 
 impl ShareableListBase {
     /// The mapping and layout, or the error CPython gives for a list whose
     /// `__init__` never ran.
-    fn parts<'a>(&'a self, py: Python<'a>) -> PyResult<(&'a Region, &'a Layout)> {
+    fn parts<'a>(&'a self, py: Python<'a>) -> PyResult<(&'a Region, &'a Arc<Layout>)> {
         match (&self.segment, &self.layout) {
             (Some(segment), Some(layout)) => Ok((segment.bind(py).get().region(), layout)),
             _ => Err(PyValueError::new_err("ShareableList is not initialised")),
@@ -42,10 +76,7 @@ impl ShareableListBase {
 impl ShareableListBase {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(
-        _args: &Bound<'_, pyo3::types::PyTuple>,
-        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
-    ) -> Self {
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> Self {
         ShareableListBase {
             shm: None,
             segment: None,
@@ -74,14 +105,14 @@ impl ShareableListBase {
             (shm, layout)
         } else {
             // CPython: `sequence = sequence or ()`.
-            let items: Vec<Bound<'_, PyAny>> = match sequence {
-                Some(seq) if seq.is_truthy()? => seq.try_iter()?.collect::<PyResult<_>>()?,
+            let items = match sequence {
+                Some(seq) if seq.is_truthy()? => collect(seq)?,
                 _ => Vec::new(),
             };
-            let values = items
-                .iter()
-                .map(value_ref)
-                .collect::<PyResult<Vec<ValueRef<'_>>>>()?;
+            let mut values = Vec::with_capacity(items.len());
+            for item in &items {
+                values.push(value_ref(item)?);
+            }
             // Every check happens here, before anything exists.
             let layout = Layout::for_values(&values).map_err(list_err)?;
             let none = py.None();
@@ -103,7 +134,7 @@ impl ShareableListBase {
         let mut this = slf.borrow_mut();
         this.shm = Some(shm.unbind());
         this.segment = Some(segment);
-        this.layout = Some(layout);
+        this.layout = Some(Arc::new(layout));
         Ok(())
     }
 
@@ -132,6 +163,9 @@ impl ShareableListBase {
             Ok(value) => to_py(py, value),
             Err(Error::List(ListError::IndexOutOfRange { .. })) => {
                 Err(PyIndexError::new_err("index out of range"))
+            }
+            Err(Error::List(ListError::InvalidUtf8 { index, .. })) => {
+                Err(decode_error(py, region, layout, index))
             }
             Err(e) => Err(list_err(e)),
         }
@@ -164,7 +198,7 @@ impl ShareableListBase {
             return Ok(());
         }
         let i = item_index(index)?;
-        match layout.set(&mut region, i, value_ref(value)?) {
+        match layout.set(&mut region, i, value_ref_at_set(value)?) {
             Err(Error::List(ListError::IndexOutOfRange { .. })) => {
                 Err(PyIndexError::new_err("assignment index out of range"))
             }
@@ -195,9 +229,15 @@ impl ShareableListBase {
         }
     }
 
-    /// Iterates over a snapshot of the items, read in one pass.
-    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.to_list(py)?.try_iter().map(Bound::into_any)
+    /// Iterates over a snapshot of the items (one copy of the segment),
+    /// decoding each as it is reached.
+    fn __iter__(&self, py: Python<'_>) -> PyResult<ListIter> {
+        let (region, layout) = self.parts(py)?;
+        Ok(ListIter {
+            snapshot: region.read_vec(0, layout.size()).map_err(list_err)?,
+            layout: Arc::clone(layout),
+            next: 0,
+        })
     }
 
     /// All items, as a plain list, decoded from one copy of the segment
@@ -206,10 +246,22 @@ impl ShareableListBase {
     fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let (region, layout) = self.parts(py)?;
         let snapshot = region.read_vec(0, layout.size()).map_err(list_err)?;
-        let items = (0..layout.len())
-            .map(|i| to_py(py, layout.get(&snapshot[..], i as isize).map_err(list_err)?))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        let n = layout.len();
+        // SAFETY: PyList_New returns a new reference to a list of `n` NULL
+        // slots (or NULL with an exception set, which the wrapper turns into
+        // an error). A list whose tail is still NULL, as on an early return
+        // below, is valid to free.
+        let list = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))?
+                .cast_into_unchecked::<PyList>()
+        };
+        for i in 0..n {
+            let item = to_py(py, layout.get(&snapshot[..], i as isize).map_err(list_err)?)?;
+            // SAFETY: `i < n`, the slot is still NULL, and SET_ITEM steals
+            // the new reference `into_ptr` hands over.
+            unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr()) };
+        }
+        Ok(list)
     }
 
     /// The number of items equal (by Python's `==`) to `value`.
@@ -255,6 +307,22 @@ impl ShareableListBase {
     }
 }
 
+/// The items of `seq`, sized up front (lists and tuples by index, anything
+/// else through its iterator).
+fn collect<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    if let Ok(list) = seq.cast::<PyList>() {
+        return Ok(list.iter().collect());
+    }
+    if let Ok(tuple) = seq.cast::<PyTuple>() {
+        return Ok(tuple.iter().collect());
+    }
+    let mut items = Vec::with_capacity(seq.len().unwrap_or(0));
+    for item in seq.try_iter()? {
+        items.push(item?);
+    }
+    Ok(items)
+}
+
 /// The segment object behind a Python `SharedMemory`.
 fn segment_of(shm: &Bound<'_, PyAny>) -> PyResult<Py<Segment>> {
     let py = shm.py();
@@ -284,15 +352,33 @@ fn item_index(index: &Bound<'_, PyAny>) -> PyResult<isize> {
 /// as CPython's `_types_mapping[type(value)]` does (so `True` is a bool and
 /// an IntEnum is refused), with CPython's KeyError for the rest.
 fn value_ref<'a>(value: &'a Bound<'_, PyAny>) -> PyResult<ValueRef<'a>> {
+    typed_value(value, false)
+}
+
+/// [`value_ref`] as `__setitem__` sees it: CPython tests `isinstance(value,
+/// (str, bytes))` there, so subclasses of str and bytes are stored as such.
+fn value_ref_at_set<'a>(value: &'a Bound<'_, PyAny>) -> PyResult<ValueRef<'a>> {
+    typed_value(value, true)
+}
+
+fn typed_value<'a>(value: &'a Bound<'_, PyAny>, text_subclasses: bool) -> PyResult<ValueRef<'a>> {
+    if text_subclasses {
+        if let Ok(text) = value.cast::<PyString>() {
+            return Ok(ValueRef::Str(text.to_str()?));
+        }
+        if let Ok(bytes) = value.cast::<PyBytes>() {
+            return Ok(ValueRef::Bytes(bytes.as_bytes()));
+        }
+    }
     if value.is_none() {
         Ok(ValueRef::None)
     } else if value.is_exact_instance_of::<PyBool>() {
         Ok(ValueRef::Bool(value.is_truthy()?))
     } else if value.is_exact_instance_of::<PyInt>() {
         value.extract::<i64>().map(ValueRef::Int).map_err(|_| {
-            // CPython raises struct.error, after creating the segment; we
-            // raise it before.
-            struct_error(value.py(), "argument out of range")
+            // CPython raises struct.error after creating the segment (which
+            // then leaks); this is refused before anything exists.
+            PyOverflowError::new_err("int too large for a ShareableList item (64-bit)")
         })
     } else if value.is_exact_instance_of::<PyFloat>() {
         Ok(ValueRef::Float(value.cast::<PyFloat>()?.value()))
@@ -305,13 +391,18 @@ fn value_ref<'a>(value: &'a Bound<'_, PyAny>) -> PyResult<ValueRef<'a>> {
     }
 }
 
-fn struct_error(py: Python<'_>, message: &str) -> PyErr {
-    match py.import("struct").and_then(|m| m.getattr("error")) {
-        Ok(cls) => PyErr::from_type(
-            cls.cast_into().expect("struct.error is a type"),
-            message.to_owned(),
-        ),
+/// The UnicodeDecodeError CPython raises for a str item whose bytes are not
+/// UTF-8 (its own lists can hold one: it cuts multibyte text at creation).
+fn decode_error(py: Python<'_>, region: &Region, layout: &Layout, index: usize) -> PyErr {
+    let slot = layout.slot(index);
+    let raw = match region.read_vec(slot.start, slot.len()) {
+        Ok(raw) => raw,
+        Err(e) => return list_err(e),
+    };
+    let end = raw.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    match PyBytes::new(py, &raw[..end]).call_method1(intern!(py, "decode"), ("utf-8",)) {
         Err(e) => e,
+        Ok(_) => PyValueError::new_err(format!("item {index} is not valid UTF-8")),
     }
 }
 

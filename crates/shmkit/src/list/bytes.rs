@@ -75,12 +75,46 @@ impl ByteSource for [u8] {
         buf.copy_from_slice(&self[range(offset, buf.len(), self.len())?]);
         Ok(())
     }
+
+    // Fixed-size copies compile to single moves; the generic `read` would
+    // call memcpy for every word, which dominated encoding and decoding.
+    #[inline]
+    fn load_u64(&self, offset: usize) -> Result<u64> {
+        let r = range(offset, 8, self.len())?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self[r]);
+        Ok(u64::from_ne_bytes(word))
+    }
+
+    #[inline]
+    fn load_u8(&self, offset: usize) -> Result<u8> {
+        self.get(offset)
+            .copied()
+            .ok_or_else(|| out_of_bounds(offset, 1, self.len()))
+    }
 }
 
 impl ByteSink for [u8] {
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         let r = range(offset, data.len(), self.len())?;
         self[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn store_u64(&mut self, offset: usize, value: u64) -> Result<()> {
+        let r = range(offset, 8, self.len())?;
+        self[r].copy_from_slice(&value.to_ne_bytes());
+        Ok(())
+    }
+
+    #[inline]
+    fn store_u8(&mut self, offset: usize, value: u8) -> Result<()> {
+        let len = self.len();
+        let byte = self
+            .get_mut(offset)
+            .ok_or_else(|| out_of_bounds(offset, 1, len))?;
+        *byte = value;
         Ok(())
     }
 }
@@ -93,11 +127,31 @@ impl ByteSource for Vec<u8> {
     fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.as_slice().read(offset, buf)
     }
+
+    #[inline]
+    fn load_u64(&self, offset: usize) -> Result<u64> {
+        self.as_slice().load_u64(offset)
+    }
+
+    #[inline]
+    fn load_u8(&self, offset: usize) -> Result<u8> {
+        self.as_slice().load_u8(offset)
+    }
 }
 
 impl ByteSink for Vec<u8> {
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         self.as_mut_slice().write(offset, data)
+    }
+
+    #[inline]
+    fn store_u64(&mut self, offset: usize, value: u64) -> Result<()> {
+        self.as_mut_slice().store_u64(offset, value)
+    }
+
+    #[inline]
+    fn store_u8(&mut self, offset: usize, value: u8) -> Result<()> {
+        self.as_mut_slice().store_u8(offset, value)
     }
 }
 

@@ -155,12 +155,28 @@ fn s_format(width: usize) -> Option<[u8; 8]> {
     Some(format)
 }
 
-/// The slot a new `str`/`bytes` of `len` bytes gets: the next multiple of 8
-/// strictly above `len`, as CPython sizes them (but CPython counts a `str`'s
-/// characters, not its bytes, and so truncates multibyte text).
-fn var_slot(index: usize, data: &[u8], type_name: &'static str) -> Result<usize> {
+/// The slot a new `str`/`bytes` gets. CPython gives it the next multiple of
+/// 8 strictly above its length in *units*: bytes for `bytes`, characters for
+/// `str`, so that multibyte text can be cut short. We give the same slot
+/// whenever the bytes fit it (so formats match CPython's, which its own tests
+/// compare), and the next multiple of 8 above the byte length when not.
+fn var_slot(index: usize, data: &[u8], units: usize, type_name: &'static str) -> Result<usize> {
     check_var(index, data, type_name)?;
-    Ok((data.len() / 8 + 1) * 8)
+    let cpython = (units / 8 + 1) * 8;
+    Ok(if data.len() <= cpython {
+        cpython
+    } else {
+        (data.len() / 8 + 1) * 8
+    })
+}
+
+/// What CPython sizes a `str`/`bytes` slot by: characters or bytes.
+fn units(value: ValueRef<'_>) -> usize {
+    match value {
+        ValueRef::Str(s) => s.chars().count(),
+        ValueRef::Bytes(b) => b.len(),
+        _ => 8,
+    }
 }
 
 fn check_var(index: usize, data: &[u8], type_name: &'static str) -> Result<()> {
@@ -347,7 +363,7 @@ impl Layout {
             starts.push(pos);
             let slot = match Encoded::of(value) {
                 Encoded::Word { .. } => 8,
-                Encoded::Var { data, .. } => var_slot(i, data, value.type_name())?,
+                Encoded::Var { data, .. } => var_slot(i, data, units(value), value.type_name())?,
             };
             pos = pos.checked_add(slot).ok_or_else(too_large)?;
         }
@@ -408,7 +424,7 @@ impl Layout {
                     (format.to_ne_bytes(), code)
                 }
                 Encoded::Var { code, data } => {
-                    if var_slot(i, data, value.type_name())? != slot.len() {
+                    if var_slot(i, data, units(value), value.type_name())? != slot.len() {
                         return Err(corrupt(format!("item {i} does not match the layout")));
                     }
                     write_padded(sink, slot.start, data, slot.len())?;
@@ -1206,7 +1222,10 @@ mod tests {
         assert_eq!(slot(ValueRef::Str("")), 8);
         assert_eq!(slot(ValueRef::Str("1234567")), 8);
         assert_eq!(slot(ValueRef::Str("12345678")), 16);
-        assert_eq!(slot(ValueRef::Str("éééé")), 16); // 8 bytes
+        // CPython's slot by characters when the bytes fit it, else by bytes.
+        assert_eq!(slot(ValueRef::Str("éééé")), 8); // 8 bytes fit exactly
+        assert_eq!(slot(ValueRef::Str("encodés")), 8);
+        assert_eq!(slot(ValueRef::Str("ééééé")), 16); // 10 bytes
         let max = vec![b'a'; MAX_ITEM_BYTES];
         assert_eq!(slot(ValueRef::Bytes(&max)), 9_999_992);
         let bytes = Layout::encode(&[ValueRef::Bytes(&max)]).unwrap();
