@@ -378,7 +378,12 @@ mod tests {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with("listener-") && name.len() == 17, "{name}");
         let dir = path.parent().unwrap().to_owned();
-        assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("pymp-"));
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("pymp-"));
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         drop(listener);

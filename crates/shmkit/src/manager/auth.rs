@@ -265,12 +265,18 @@ mod tests {
     fn legacy_answers_match_cpython() {
         let server_challenge = unhex("b2d40bd780b054316970c5af5c036af3542b51f9");
         let client_answer = unhex("68e3cfffd1468fbab9be58f6766b7e31");
-        assert_eq!(respond(b"secret", &server_challenge).unwrap(), client_answer);
+        assert_eq!(
+            respond(b"secret", &server_challenge).unwrap(),
+            client_answer
+        );
         verify(b"secret", &server_challenge, &client_answer).unwrap();
 
         let client_challenge = unhex("9f9ce7c7f0d5d000d388efef4537a88aefc230b3");
         let server_answer = unhex("ae811ef48c8166c0819bce830dc601af");
-        assert_eq!(respond(b"secret", &client_challenge).unwrap(), server_answer);
+        assert_eq!(
+            respond(b"secret", &client_challenge).unwrap(),
+            server_answer
+        );
     }
 
     #[test]
@@ -314,7 +320,10 @@ mod tests {
             reason(verify(b"k", &message, b"{sha256}short")),
             "expected 'sha256' of length 32 got 5"
         );
-        assert!(reason(verify(b"k", &message, b"{sha1}0123456789012345678901")).starts_with("unsupported"));
+        assert!(
+            reason(verify(b"k", &message, b"{sha1}0123456789012345678901"))
+                .starts_with("unsupported")
+        );
         assert!(reason(verify(b"k", &message, b"")).starts_with("unsupported"));
         assert!(respond(b"k", b"too short").is_err());
         assert!(respond(b"k", &[b'x'; 30]).is_err());

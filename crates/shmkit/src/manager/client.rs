@@ -98,8 +98,7 @@ impl Client {
 
     /// Asks the server to unlink segment `name` when it shuts down.
     pub fn track_segment(&self, name: &str) -> Result<()> {
-        self.dispatch("track_segment", vec![name.into()])
-            .map(drop)
+        self.dispatch("track_segment", vec![name.into()]).map(drop)
     }
 
     /// Asks the server to forget segment `name` and unlink it now.

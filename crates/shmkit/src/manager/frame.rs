@@ -168,7 +168,10 @@ mod tests {
             write(&mut wire, &payload).unwrap();
             assert_eq!(wire.len(), 4 + len);
             assert_eq!(read(&mut Cursor::new(&wire), len).unwrap(), payload);
-            assert_eq!(decode(&wire, len).unwrap(), Some((&payload[..], wire.len())));
+            assert_eq!(
+                decode(&wire, len).unwrap(),
+                Some((&payload[..], wire.len()))
+            );
             if len > 0 {
                 assert!(matches!(
                     read(&mut Cursor::new(&wire), len - 1),

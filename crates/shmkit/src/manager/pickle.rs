@@ -1056,7 +1056,12 @@ mod tests {
     }
 
     fn request(func: &str, args: Vec<PyValue>) -> PyValue {
-        t(vec![PyValue::None, func.into(), t(args), PyValue::Dict(vec![])])
+        t(vec![
+            PyValue::None,
+            func.into(),
+            t(args),
+            PyValue::Dict(vec![]),
+        ])
     }
 
     /// The frames of the spec's §4.7 transcript, captured from CPython 3.11.
@@ -1108,16 +1113,37 @@ mod tests {
             (PyValue::Int(-1), "80049506000000000000004affffffff2e"),
             (PyValue::Int(-129), "80049506000000000000004a7fffffff2e"),
             (PyValue::Int(300), "80049504000000000000004d2c012e"),
-            (PyValue::Int(1 << 40), "80049509000000000000008a060000000000012e"),
-            (PyValue::Int(i64::MIN), "8004950b000000000000008a0800000000000000802e"),
-            (PyValue::Int(i64::MAX), "8004950b000000000000008a08ffffffffffffff7f2e"),
-            (PyValue::Float(1.5), "8004950a00000000000000473ff80000000000002e"),
-            (PyValue::Str(String::new()), "80049504000000000000008c00942e"),
-            (PyValue::Bytes(b"ab".to_vec()), "800495060000000000000043026162942e"),
+            (
+                PyValue::Int(1 << 40),
+                "80049509000000000000008a060000000000012e",
+            ),
+            (
+                PyValue::Int(i64::MIN),
+                "8004950b000000000000008a0800000000000000802e",
+            ),
+            (
+                PyValue::Int(i64::MAX),
+                "8004950b000000000000008a08ffffffffffffff7f2e",
+            ),
+            (
+                PyValue::Float(1.5),
+                "8004950a00000000000000473ff80000000000002e",
+            ),
+            (
+                PyValue::Str(String::new()),
+                "80049504000000000000008c00942e",
+            ),
+            (
+                PyValue::Bytes(b"ab".to_vec()),
+                "800495060000000000000043026162942e",
+            ),
             (PyValue::Tuple(vec![]), "8004292e"),
             (PyValue::List(vec![]), "80045d942e"),
             (PyValue::Dict(vec![]), "80047d942e"),
-            (ab(), "80049511000000000000007d94288c0161944b018c0162944b02752e"),
+            (
+                ab(),
+                "80049511000000000000007d94288c0161944b018c0162944b02752e",
+            ),
             (
                 t((1..=4).map(PyValue::Int).collect()),
                 "8004950c00000000000000284b014b024b034b0474942e",
@@ -1151,7 +1177,11 @@ mod tests {
             PyValue::Bytes(vec![7; 70_000]),
             PyValue::Tuple((0..5).map(PyValue::Int).collect()),
             PyValue::List((0..2500).map(PyValue::Int).collect()),
-            PyValue::Dict((0..1001).map(|i| (PyValue::Int(i), long.as_str().into())).collect()),
+            PyValue::Dict(
+                (0..1001)
+                    .map(|i| (PyValue::Int(i), long.as_str().into()))
+                    .collect(),
+            ),
         ]);
         assert_eq!(loads(&dumps(&value)).unwrap(), value);
     }
@@ -1177,21 +1207,42 @@ mod tests {
             (b"", PickleProblem::Truncated),
             (b"\x80\x04N", PickleProblem::Truncated),
             (b"\x80\x06N.", PickleProblem::UnsupportedProtocol(6)),
-            (b"\x80\x04cos\nsystem\n.", PickleProblem::UnsupportedOpcode { opcode: b'c' }),
-            (b"\x80\x04R.", PickleProblem::UnsupportedOpcode { opcode: b'R' }),
+            (
+                b"\x80\x04cos\nsystem\n.",
+                PickleProblem::UnsupportedOpcode { opcode: b'c' },
+            ),
+            (
+                b"\x80\x04R.",
+                PickleProblem::UnsupportedOpcode { opcode: b'R' },
+            ),
             (b".", PickleProblem::StackUnderflow),
             (b"(.", PickleProblem::MarkAtStop),
             (b"Nt.", PickleProblem::NoMark),
             (b"h\x05.", PickleProblem::MissingMemo(5)),
             (b"Na.", PickleProblem::StackUnderflow),
-            (b"NNa.", PickleProblem::WrongTarget { opcode: "APPEND", found: "NoneType" }),
+            (
+                b"NNa.",
+                PickleProblem::WrongTarget {
+                    opcode: "APPEND",
+                    found: "NoneType",
+                },
+            ),
             (b"}(Nu.", PickleProblem::OddItems),
             (b"}]Ns.", PickleProblem::Unhashable("list")),
             (b"\x8c\x02\xff\xfe.", PickleProblem::InvalidUtf8),
             (b"X\xff\xff\xff\xffab.", PickleProblem::Truncated),
-            (b"\x8e\xff\xff\xff\xff\xff\xff\xff\xff.", PickleProblem::Truncated),
-            (b"\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", PickleProblem::BadFrame(255)),
-            (b"\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", PickleProblem::IntTooLarge { bytes: 9 }),
+            (
+                b"\x8e\xff\xff\xff\xff\xff\xff\xff\xff.",
+                PickleProblem::Truncated,
+            ),
+            (
+                b"\x95\xff\x00\x00\x00\x00\x00\x00\x00N.",
+                PickleProblem::BadFrame(255),
+            ),
+            (
+                b"\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.",
+                PickleProblem::IntTooLarge { bytes: 9 },
+            ),
             (b"\x8b\xff\xff\xff\xff.", PickleProblem::NegativeLength),
             (b"]\x94h\x00a.", PickleProblem::Recursive),
             // N inside a mark: pops may not reach below it.
@@ -1208,7 +1259,10 @@ mod tests {
     #[test]
     fn longs_beyond_eight_bytes_that_fit_are_read() {
         // -1 in 9 bytes, 2**63-1 in 9 bytes (with a 0 sign byte).
-        assert_eq!(loads(b"\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff.").unwrap(), PyValue::Int(-1));
+        assert_eq!(
+            loads(b"\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff.").unwrap(),
+            PyValue::Int(-1)
+        );
         assert_eq!(
             loads(b"\x8a\x09\xff\xff\xff\xff\xff\xff\xff\x7f\x00.").unwrap(),
             PyValue::Int(i64::MAX)

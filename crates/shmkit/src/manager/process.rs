@@ -87,10 +87,10 @@ pub(crate) fn spawn(
         let _ = child.wait();
         Err(e)
     };
+    // A child that exits at once closes its stdin: the write then fails,
+    // and the child's exit, below, says more than the broken pipe.
     let mut stdin = child.stdin.take().expect("piped");
-    if let Err(e) = frame::write(&mut stdin, &pickle::dumps(&config)) {
-        return fail(&mut child, e.into());
-    }
+    let _ = frame::write(&mut stdin, &pickle::dumps(&config));
     drop(stdin);
 
     let stdout = child.stdout.take().expect("piped");
@@ -104,12 +104,14 @@ pub(crate) fn spawn(
             let mut line = Vec::new();
             let mut reported = false;
             while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                // libtest and other hosts may print before us on the same
+                // line, so the marker is looked for anywhere in it.
                 if !reported {
                     let text = line.trim_ascii_end();
-                    if let Some(hex) = text.strip_prefix(READY) {
+                    if let Some(hex) = after(text, READY) {
                         reported = true;
                         let _ = tx.send(Ok(hex.to_vec()));
-                    } else if let Some(reason) = text.strip_prefix(FAILED) {
+                    } else if let Some(reason) = after(text, FAILED) {
                         reported = true;
                         let _ = tx.send(Err(String::from_utf8_lossy(reason).into_owned()));
                     }
@@ -156,7 +158,10 @@ pub(crate) fn reap(child: &mut Child) {
     if wait_for(child, EXIT_TIMEOUT) {
         return;
     }
-    tracing::warn!(pid = child.id(), "the manager process did not stop: killing it");
+    tracing::warn!(
+        pid = child.id(),
+        "the manager process did not stop: killing it"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -221,7 +226,8 @@ pub fn serve_child() -> Result<()> {
             }
         })
         .map_err(|e| ManagerError::io("spawn a thread", e))?;
-    let mut line = READY.to_vec();
+    let mut line = b"\n".to_vec();
+    line.extend_from_slice(READY);
     line.extend(hex(&pickle::dumps(&server.address().to_py())).bytes());
     line.push(b'\n');
     let mut stdout = std::io::stdout().lock();
@@ -236,6 +242,7 @@ pub fn serve_child() -> Result<()> {
 fn report_failure(e: &crate::Error) {
     let text = e.to_string().replace('\n', " ");
     let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(b"\n");
     let _ = stdout.write_all(FAILED);
     let _ = writeln!(stdout, "{text}");
     let _ = stdout.flush();
@@ -279,6 +286,13 @@ fn options_from(settings: &PyValue) -> Result<ServerOptions> {
         options = options.challenge(ChallengeKind::Legacy);
     }
     Ok(options)
+}
+
+/// What follows the first `marker` in `line`.
+fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
+    line.windows(marker.len())
+        .position(|w| w == marker)
+        .map(|at| &line[at + marker.len()..])
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -334,7 +334,11 @@ impl Server {
     fn dispatch(&self, conn: Connection) {
         let shared = Arc::clone(&self.shared);
         let config = Arc::clone(&self.config);
-        *shared.active.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        *shared
+            .active
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
         let spawned = std::thread::Builder::new()
             .name("shmkit-manager-conn".into())
             .spawn(move || {
@@ -345,7 +349,12 @@ impl Server {
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "manager could not start a connection thread");
-            *self.shared.active.0.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+            *self
+                .shared
+                .active
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) -= 1;
         }
     }
 
@@ -549,11 +558,7 @@ fn os_error_line(e: &Error) -> String {
         _ => "OSError",
     };
     let text = std::io::Error::from_raw_os_error(errno).to_string();
-    let text = text
-        .split(" (os error")
-        .next()
-        .unwrap_or(&text)
-        .to_owned();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
     match name {
         Some(name) => format!(
             "{kind}: [Errno {errno}] {text}: {}",
@@ -849,10 +854,23 @@ mod tests {
         let none = Ok(PyValue::None);
         assert_eq!(run(&s, &req("dummy", vec![], vec![])), none);
         assert_eq!(run(&s, &req("debug_info", vec![], vec![])), Ok("".into()));
-        assert_eq!(run(&s, &req("number_of_objects", vec![], vec![])), Ok(0.into()));
-        assert_eq!(run(&s, &req("track_segment", vec!["a".into()], vec![])), none);
         assert_eq!(
-            run(&s, &req("track_segment", vec![], vec![("segment_name".into(), "a".into())])),
+            run(&s, &req("number_of_objects", vec![], vec![])),
+            Ok(0.into())
+        );
+        assert_eq!(
+            run(&s, &req("track_segment", vec!["a".into()], vec![])),
+            none
+        );
+        assert_eq!(
+            run(
+                &s,
+                &req(
+                    "track_segment",
+                    vec![],
+                    vec![("segment_name".into(), "a".into())]
+                )
+            ),
             none
         );
         assert_eq!(
@@ -887,10 +905,15 @@ mod tests {
             err(run(&s, &req("track_segment", vec![1.into()], vec![]))),
             "TypeError: a segment name must be str, not int"
         );
-        assert!(err(run(&s, &req("track_segment", vec!["a/b".into()], vec![])))
-            .starts_with("OSError: [Errno 22] Invalid argument: '/a/b'"));
+        assert!(
+            err(run(&s, &req("track_segment", vec!["a/b".into()], vec![])))
+                .starts_with("OSError: [Errno 22] Invalid argument: '/a/b'")
+        );
         assert_eq!(
-            err(run(&s, &req("create", vec!["Foo".into(), 1.into()], vec![]))),
+            err(run(
+                &s,
+                &req("create", vec!["Foo".into(), 1.into()], vec![])
+            )),
             "KeyError: 'Foo'"
         );
         assert_eq!(
@@ -907,9 +930,16 @@ mod tests {
         );
         // Released though already gone: the name is dropped, the error told.
         let gone = format!("shmkit_server_unit_{}", std::process::id());
-        run(&s, &req("track_segment", vec![gone.as_str().into()], vec![])).unwrap();
+        run(
+            &s,
+            &req("track_segment", vec![gone.as_str().into()], vec![]),
+        )
+        .unwrap();
         assert_eq!(
-            err(run(&s, &req("release_segment", vec![gone.as_str().into()], vec![]))),
+            err(run(
+                &s,
+                &req("release_segment", vec![gone.as_str().into()], vec![])
+            )),
             format!("FileNotFoundError: [Errno 2] No such file or directory: '/{gone}'")
         );
         assert_eq!(
@@ -918,8 +948,10 @@ mod tests {
         );
         // After shutdown, nothing more is tracked.
         assert_eq!(run(&s, &req("shutdown", vec![], vec![])), none);
-        assert!(err(run(&s, &req("track_segment", vec!["c".into()], vec![])))
-            .starts_with("RuntimeError"));
+        assert!(
+            err(run(&s, &req("track_segment", vec!["c".into()], vec![])))
+                .starts_with("RuntimeError")
+        );
         assert_eq!(
             run(&s, &req("list_segments", vec![], vec![])),
             Ok(PyValue::List(vec![]))

@@ -38,13 +38,20 @@ use crate::segment::{Options, SharedMemory};
 #[derive(Debug)]
 pub struct SharedMemoryManager {
     client: Client,
-    server: Option<Owned>,
+    server: Owned,
 }
 
+/// The server behind a manager, as far as the manager is concerned.
 #[derive(Debug)]
 enum Owned {
+    /// Someone else's, reached with [`SharedMemoryManager::connect`].
+    Connected,
+    /// Started by this manager, on a thread.
     Thread(ServerHandle),
+    /// Started by this manager, in a child process.
     Process(Child),
+    /// Started by this manager, and shut down.
+    Stopped,
 }
 
 impl SharedMemoryManager {
@@ -59,7 +66,7 @@ impl SharedMemoryManager {
         let handle = options.bind()?.spawn()?;
         Ok(SharedMemoryManager {
             client: Client::new(handle.address().clone(), handle.authkey()),
-            server: Some(Owned::Thread(handle)),
+            server: Owned::Thread(handle),
         })
     }
 
@@ -76,7 +83,7 @@ impl SharedMemoryManager {
         let (child, address) = super::process::spawn(command, &options, &authkey)?;
         Ok(SharedMemoryManager {
             client: Client::new(address, &authkey),
-            server: Some(Owned::Process(child)),
+            server: Owned::Process(child),
         })
     }
 
@@ -86,7 +93,7 @@ impl SharedMemoryManager {
     pub fn connect(address: Address, authkey: &[u8]) -> Result<Self> {
         Ok(SharedMemoryManager {
             client: Client::connect(address, authkey)?,
-            server: None,
+            server: Owned::Connected,
         })
     }
 
@@ -109,7 +116,7 @@ impl SharedMemoryManager {
     /// [`start_process`](Self::start_process).
     pub fn process_id(&self) -> Option<u32> {
         match &self.server {
-            Some(Owned::Process(child)) => Some(child.id()),
+            Owned::Process(child) => Some(child.id()),
             _ => None,
         }
     }
@@ -122,7 +129,10 @@ impl SharedMemoryManager {
 
     /// Creates a segment named `name`, tracked by the server (gh-101014).
     pub fn shared_memory_named(&self, name: &str, size: usize) -> Result<SharedMemory> {
-        self.made_and_tracked(|| SharedMemory::create_named(name, size), SharedMemory::name)
+        self.made_and_tracked(
+            || SharedMemory::create_named(name, size),
+            SharedMemory::name,
+        )
     }
 
     /// Creates a segment with `options`, named `name` or under a fresh name,
@@ -192,31 +202,37 @@ impl SharedMemoryManager {
 
     /// Shuts the server down: it unlinks every segment it tracks and stops;
     /// a server this manager started is then waited for (a process gets one
-    /// second, then `SIGTERM`, then `SIGKILL`, as in CPython). Calling it
-    /// again does nothing. On a manager from [`connect`](Self::connect) it
-    /// stops the server it is connected to.
+    /// second, then `SIGTERM`, then `SIGKILL`, as CPython gives it one
+    /// second before `terminate()` and `kill()`). Calling it again does
+    /// nothing. On a manager from [`connect`](Self::connect) it sends the
+    /// request each time: it stops the server it is connected to.
     pub fn shutdown(&mut self) -> Result<()> {
-        match self.server.take() {
-            None => self.client.shutdown(),
-            Some(Owned::Thread(handle)) => match self.client.shutdown() {
+        let server = match self.server {
+            Owned::Connected => return self.client.shutdown(),
+            Owned::Stopped => return Ok(()),
+            _ => std::mem::replace(&mut self.server, Owned::Stopped),
+        };
+        match server {
+            Owned::Thread(handle) => match self.client.shutdown() {
                 Ok(()) => handle.join(),
                 Err(e) => {
                     handle.stop()?;
                     Err(e)
                 }
             },
-            Some(Owned::Process(mut child)) => {
+            Owned::Process(mut child) => {
                 let result = self.client.shutdown();
                 super::process::reap(&mut child);
                 result
             }
+            Owned::Connected | Owned::Stopped => Ok(()),
         }
     }
 }
 
 impl Drop for SharedMemoryManager {
     fn drop(&mut self) {
-        if self.server.is_some() {
+        if let Owned::Thread(_) | Owned::Process(_) = self.server {
             if let Err(e) = self.shutdown() {
                 tracing::warn!(error = %e, "manager shutdown failed");
             }

@@ -25,7 +25,10 @@ pub(crate) fn spawn(pid: u32, shared: Arc<Shared>) -> Result<std::thread::JoinHa
         .name("shmkit-manager-watch".into())
         .spawn(move || {
             if watch(pid, is_parent, &shared) {
-                tracing::warn!(pid, "the manager's watched process died: unlinking and stopping");
+                tracing::warn!(
+                    pid,
+                    "the manager's watched process died: unlinking and stopping"
+                );
                 shared.stop();
             }
         })
