@@ -1,8 +1,8 @@
 """The shmkit demo: several worker processes share one large buffer.
 
 The parent fills a float64 array in a shmkit SharedMemory block. Workers
-attach to it by name, each sums its stripe in place (no copy) and reports
-progress. Then the same data goes to the same workers the usual way, pickled
+attach to it by name, each sums its stripe in place (no copy), reports
+progress, and posts its sum and state in a ShareableList they share. Then the same data goes to the same workers the usual way, pickled
 through a Pipe, and the two throughputs are set side by side. The demo checks
 that both ways give the same answer and that /dev/shm is left as it was.
 
@@ -20,17 +20,19 @@ import time
 
 import numpy as np
 
-from .shared_memory import SharedMemory
+from .shared_memory import ShareableList, SharedMemory
 
 CHUNK = 1 << 20  # float64 items a worker sums between progress reports
 
 
-def _shm_worker(name, start, stop, progress, results, index, go):
+def _shm_worker(name, start, stop, progress, results_name, index, go):
     shm = SharedMemory(name)
+    results = ShareableList(name=results_name)  # attached by name, like the buffer
     try:
         data = np.ndarray((stop,), dtype=np.float64, buffer=shm.buf)
         progress.put(0)  # attached: ready
         go.wait()
+        results[len(results) // 2 + index] = "summing"
         total = 0.0
         for lo in range(start, stop, CHUNK):
             hi = min(lo + CHUNK, stop)
@@ -38,7 +40,9 @@ def _shm_worker(name, start, stop, progress, results, index, go):
             progress.put(hi - lo)
         del data
         results[index] = total
+        results[len(results) // 2 + index] = "done"
     finally:
+        results.shm.close()
         shm.close()
 
 
@@ -118,6 +122,7 @@ def run(megabytes: int = 512, workers: int = 4) -> dict:
     print(f"shmkit demo: {workers} worker processes, {nbytes / 2**20:.0f} MiB of float64")
 
     shm = SharedMemory(create=True, size=nbytes)
+    board = None
     try:
         data = np.ndarray((n,), dtype=np.float64, buffer=shm.buf)
         data[:] = np.arange(n, dtype=np.float64) % 1000
@@ -126,9 +131,14 @@ def run(megabytes: int = 512, workers: int = 4) -> dict:
 
         progress = ctx.Queue()
         go = ctx.Event()
-        results = ctx.Array("d", workers, lock=False)
+        # Per-worker sums and states, in a ShareableList the workers attach
+        # to by name: floats first, then a status string each.
+        board = ShareableList([0.0] * workers + ["waiting"] * workers)
+        print(f"  results board: ShareableList {board.shm.name!r}, format {board.format!r}")
         procs = [
-            ctx.Process(target=_shm_worker, args=(shm.name, lo, hi, progress, results, i, go))
+            ctx.Process(
+                target=_shm_worker, args=(shm.name, lo, hi, progress, board.shm.name, i, go)
+            )
             for i, (lo, hi) in enumerate(_stripes(n, workers))
         ]
         for p in procs:
@@ -136,7 +146,8 @@ def run(megabytes: int = 512, workers: int = 4) -> dict:
         _wait_ready(progress, procs)
         go.set()
         t_shm = _follow(progress, n, "shared memory (by name)", procs)
-        got_shm = sum(results)
+        got_shm = sum(board[:workers])
+        print(f"  worker states: {', '.join(board[workers:])}")
 
         pipes, procs = [], []
         results = ctx.Array("d", workers, lock=False)
@@ -156,6 +167,9 @@ def run(megabytes: int = 512, workers: int = 4) -> dict:
         got_pipe = sum(results)
         del data
     finally:
+        if board is not None:
+            board.shm.close()
+            board.shm.unlink()
         shm.close()
         shm.unlink()
 
