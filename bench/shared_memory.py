@@ -285,7 +285,7 @@ def maybe_reexec_private(args, log):
     argv = [
         unshare, "--mount", "--propagation", "private",
         "sh", "-c", mount + ' && exec "$@"', "sh",
-        sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+        sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:],
     ]
     sys.stdout.flush()
     sys.stderr.flush()
