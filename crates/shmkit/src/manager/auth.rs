@@ -22,6 +22,29 @@ use super::error::ManagerError;
 use super::frame::AUTH_MAX_LEN;
 use crate::error::Result;
 
+/// A shared secret, kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AuthKey(Vec<u8>);
+
+impl AuthKey {
+    pub(crate) fn new(key: &[u8]) -> AuthKey {
+        AuthKey(key.to_vec())
+    }
+}
+
+impl std::ops::Deref for AuthKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
+
 /// What a challenge starts with.
 pub const CHALLENGE: &[u8] = b"#CHALLENGE#";
 /// The verifier's reply to a right answer.
@@ -252,6 +275,12 @@ pub fn answer_challenge(conn: &mut Connection, authkey: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_stay_out_of_debug_output() {
+        let key = AuthKey::new(b"hunter2");
+        assert_eq!(format!("{key:?}"), "<7 secret bytes>");
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())

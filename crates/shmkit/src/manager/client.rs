@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::address::Address;
-use super::auth;
+use super::auth::{self, AuthKey};
 use super::connection::Connection;
 use super::error::ManagerError;
 use super::pickle::PyValue;
@@ -33,7 +33,7 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct Client {
     address: Address,
-    authkey: Vec<u8>,
+    authkey: AuthKey,
     timeout: Option<Duration>,
 }
 
@@ -42,7 +42,7 @@ impl Client {
     pub fn new(address: Address, authkey: &[u8]) -> Client {
         Client {
             address,
-            authkey: authkey.to_vec(),
+            authkey: AuthKey::new(authkey),
             timeout: None,
         }
     }
@@ -87,6 +87,21 @@ impl Client {
     }
 
     /// Calls `func(*args, **kwds)` on the server.
+    ///
+    /// ```
+    /// use shmkit::manager::{Client, PyValue, Server};
+    /// let server = Server::bind(None, b"k")?.spawn()?;
+    /// let client = Client::new(server.address().clone(), b"k");
+    /// let kwds = vec![("segment_name".into(), "never_made_here".into())];
+    /// client.dispatch_with("track_segment", vec![], kwds)?;
+    /// assert_eq!(
+    ///     client.dispatch("list_segments", vec![])?,
+    ///     PyValue::List(vec!["never_made_here".into()])
+    /// );
+    /// let err = client.dispatch("nope", vec![]).unwrap_err();
+    /// assert!(err.to_string().contains("AssertionError: 'nope' unrecognized"));
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn dispatch_with(
         &self,
         func: &str,

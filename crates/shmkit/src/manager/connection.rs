@@ -16,6 +16,25 @@ use crate::error::Result;
 ///
 /// Nothing is authenticated here; see [`auth`](super::auth), or use
 /// [`Client`](super::Client), which does it all.
+///
+/// ```
+/// use shmkit::manager::{auth, ChallengeKind, Connection, PyValue, Server};
+///
+/// let server = Server::bind(None, b"key")?.spawn()?;
+/// let mut conn = Connection::connect(server.address())?;
+/// // A client answers first, then challenges.
+/// auth::answer_challenge(&mut conn, b"key")?;
+/// auth::deliver_challenge(&mut conn, b"key", ChallengeKind::Modern)?;
+/// let no_args = PyValue::Tuple(vec![]);
+/// conn.send(&PyValue::Tuple(vec![
+///     PyValue::None,
+///     "list_segments".into(),
+///     no_args,
+///     PyValue::Dict(vec![]),
+/// ]))?;
+/// assert_eq!(conn.recv()?.repr(), "('#RETURN', [])");
+/// # Ok::<(), shmkit::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     stream: Stream,

@@ -91,6 +91,15 @@ fn check_len(len: u64, max_len: usize) -> Result<usize, ManagerError> {
 
 /// Reads one frame from `r` and returns its payload.
 ///
+/// ```
+/// use shmkit::manager::frame;
+/// let mut wire = Vec::new();
+/// frame::write(&mut wire, b"#WELCOME#")?;
+/// assert_eq!(wire[..4], [0, 0, 0, 9]);
+/// assert_eq!(frame::read(&mut &wire[..], frame::AUTH_MAX_LEN)?, b"#WELCOME#");
+/// # Ok::<(), shmkit::manager::ManagerError>(())
+/// ```
+///
 /// End of file before the first header byte is [`ManagerError::Eof`] (the
 /// peer closed between messages, CPython's `EOFError`); anywhere later it is
 /// [`ManagerError::Truncated`].

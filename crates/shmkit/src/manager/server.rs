@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::address::{Address, Listener};
-use super::auth::{self, ChallengeKind};
+use super::auth::{self, AuthKey, ChallengeKind};
 use super::connection::Connection;
 use super::error::ManagerError;
 use super::frame;
@@ -48,7 +48,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub(crate) address: Option<Address>,
-    pub(crate) authkey: Option<Vec<u8>>,
+    pub(crate) authkey: Option<AuthKey>,
     pub(crate) max_message_len: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) challenge: ChallengeKind,
@@ -86,7 +86,7 @@ impl ServerOptions {
     /// The shared secret. Without one, 32 random bytes, as CPython's
     /// `process.current_process().authkey` is.
     pub fn authkey(mut self, authkey: &[u8]) -> Self {
-        self.authkey = Some(authkey.to_vec());
+        self.authkey = Some(AuthKey::new(authkey));
         self
     }
 
@@ -116,6 +116,23 @@ impl ServerOptions {
     /// unlinks every segment it tracks and stops. Meant for the parent that
     /// started a manager process, so that its death cannot leak segments.
     /// On Linux this is a `pidfd`, so the server learns at once.
+    ///
+    /// ```
+    /// use std::process::{Command, Stdio};
+    /// use shmkit::manager::{Client, Server};
+    ///
+    /// // `cat` stands in for a parent: it lives until its stdin closes.
+    /// let mut parent = Command::new("cat").stdin(Stdio::piped()).spawn()?;
+    /// let server = Server::options().watch_process(parent.id()).bind()?.spawn()?;
+    /// let shm = shmkit::SharedMemory::create(16)?;
+    /// Client::new(server.address().clone(), server.authkey()).track_segment(shm.name())?;
+    ///
+    /// drop(parent.stdin.take()); // the "parent" exits...
+    /// parent.wait()?;
+    /// server.join()?; // ...so the server stops by itself,
+    /// assert!(!shmkit::exists(shm.name())); // having unlinked the segment
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn watch_process(mut self, pid: u32) -> Self {
         self.watch = Some(pid);
         self
@@ -126,7 +143,7 @@ impl ServerOptions {
         let listener = Listener::bind(self.address.as_ref())?;
         let authkey = match self.authkey {
             Some(key) => key,
-            None => random_authkey(),
+            None => AuthKey::new(&random_authkey()),
         };
         let stop = sys::event().map_err(|e| ManagerError::io("eventfd", e.into()))?;
         Ok(Server {
@@ -166,7 +183,7 @@ pub struct Server {
 
 #[derive(Debug)]
 struct Config {
-    authkey: Vec<u8>,
+    authkey: AuthKey,
     max_message_len: usize,
     timeout: Option<Duration>,
     challenge: ChallengeKind,
@@ -368,6 +385,22 @@ impl Server {
 
 /// Stops a [`Server`] from any thread: unlinks every segment it tracks, then
 /// ends its [`serve`](Server::serve).
+///
+/// ```
+/// use shmkit::manager::{Client, Server};
+///
+/// let server = Server::bind(None, b"k")?;
+/// let (address, stopper) = (server.address().clone(), server.stopper());
+/// let serving = std::thread::spawn(move || server.serve());
+///
+/// let shm = shmkit::SharedMemory::create(8)?;
+/// Client::new(address, b"k").track_segment(shm.name())?;
+/// assert_eq!(stopper.segments(), [shm.name()]);
+/// stopper.stop();
+/// serving.join().unwrap()?;
+/// assert!(!shmkit::exists(shm.name()));
+/// # Ok::<(), shmkit::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Stopper(Arc<Shared>);
 
@@ -394,7 +427,7 @@ impl Stopper {
 #[derive(Debug)]
 pub struct ServerHandle {
     address: Address,
-    authkey: Vec<u8>,
+    authkey: AuthKey,
     stopper: Stopper,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }

@@ -79,7 +79,10 @@ impl SharedMemoryManager {
     /// The child watches this process: if it dies, even by `SIGKILL`, the
     /// child unlinks every segment it tracks and exits. It ignores `SIGINT`.
     pub fn start_process(command: Command, options: ServerOptions) -> Result<Self> {
-        let authkey = options.authkey.clone().unwrap_or_else(random_authkey);
+        let authkey = match &options.authkey {
+            Some(key) => key.to_vec(),
+            None => random_authkey(),
+        };
         let (child, address) = super::process::spawn(command, &options, &authkey)?;
         Ok(SharedMemoryManager {
             client: Client::new(address, &authkey),
