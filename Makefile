@@ -5,6 +5,8 @@
 # here, into .venv-3.11 and .venv-3.13 beside this file.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+FUZZ_SECONDS ?= 30
 PYTHONS ?= 3.11 3.13
 DEMO_PYTHON ?= 3.11
 PIP_PACKAGES := maturin pytest numpy hypothesis mypy
@@ -12,12 +14,12 @@ CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
 .PRECIOUS: .venv-%/.installed .venv-%/.developed
 
-.PHONY: demo test rust-test python-test venvs develop clean-venvs shm-check-start shm-check-end
+.PHONY: demo test rust-test python-test fuzz venvs develop clean-venvs shm-check-start shm-check-end
 
 demo: .venv-$(DEMO_PYTHON)/.developed
 	.venv-$(DEMO_PYTHON)/bin/python -m shmkit demo
 
-test: shm-check-start rust-test python-test shm-check-end
+test: shm-check-start rust-test python-test fuzz shm-check-end
 
 rust-test:
 	cargo fmt --all --check
@@ -28,6 +30,20 @@ python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	@set -e; for v in $(PYTHONS); do \
 	  echo "=== pytest on CPython $$v ==="; \
 	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
+	done
+
+# Every decoder of outside bytes has a cargo-fuzz target; each runs for
+# FUZZ_SECONDS. The toolchain here is stable, so RUSTC_BOOTSTRAP lets
+# cargo-fuzz use the sanitizer flags it needs.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@cd fuzz && for t in $$(cargo fuzz list); do \
+	  mkdir -p corpus/$$t target; \
+	  echo "=== fuzzing $$t for $(FUZZ_SECONDS) s ==="; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) > target/fuzz-$$t.log 2>&1 \
+	    || { tail -40 target/fuzz-$$t.log; echo "FAIL: fuzz target $$t"; exit 1; }; \
+	  grep -E "^Done [0-9]+ runs" target/fuzz-$$t.log | sed "s/^/  $$t: /"; \
 	done
 
 develop: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
