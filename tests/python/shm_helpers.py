@@ -354,17 +354,21 @@ SL_FORMATS = {int: "q", float: "d", bool: "xxxxxxx?", type(None): "xxxxxx?x"}
 SL_CODES = {str: 1, bytes: 2, type(None): 3}
 
 
-def sl_slot_size(value, sizing="utf8"):
+def sl_slot_size(value, sizing="shmkit"):
     """The slot a new list gives ``value``: 8 for the fixed-size types; for
-    ``str``/``bytes`` the next multiple of 8 strictly above its length, in
-    UTF-8 bytes (``sizing="utf8"``, shmkit) or in characters (``"chars"``,
-    CPython 3.9-3.13, gh-88336)."""
-    if isinstance(value, str):
-        n = len(value) if sizing == "chars" else len(value.encode())
-    elif isinstance(value, bytes):
-        n = len(value)
-    else:
+    ``bytes`` the next multiple of 8 strictly above its length. For ``str``,
+    CPython 3.9-3.13 (``sizing="chars"``) counts characters, and so cuts
+    multibyte text (gh-88336); shmkit (``"shmkit"``, docs/compat.md) gives
+    CPython's slot when the UTF-8 bytes fit it, else the next multiple of 8
+    strictly above the byte length."""
+    if isinstance(value, bytes):
+        return 8 * (len(value) // 8 + 1)
+    if not isinstance(value, str):
         return 8
+    slot = 8 * (len(value) // 8 + 1)
+    n = len(value.encode())
+    if sizing == "chars" or n <= slot:
+        return slot
     return 8 * (n // 8 + 1)
 
 
@@ -386,7 +390,7 @@ def sl_item(value, slot):
     return fmt, SL_CODES.get(t, 0), data.ljust(slot, b"\0")
 
 
-def sl_layout(values, *, sizing="utf8", slots=None):
+def sl_layout(values, *, sizing="shmkit", slots=None):
     """The bytes of a ShareableList of ``values`` (Python 3.9+ layout): item
     count, N+1 data offsets, the slots, N 8-byte formats, N codes; native
     order, no padding. ``slots`` overrides the slot sizes (a list whose
@@ -409,7 +413,7 @@ def sl_layout(values, *, sizing="utf8", slots=None):
     )
 
 
-def sl_format(values, *, sizing="utf8"):
+def sl_format(values, *, sizing="shmkit"):
     """The ``.format`` of a new list of ``values``."""
     return "".join(sl_item(v, sl_slot_size(v, sizing))[0] for v in values)
 

@@ -104,7 +104,7 @@ def test_stdlib_creates_we_attach(impl, segments, peers, peer_python, case):
 @pytest.mark.parametrize("case", CASES)
 def test_we_create_stdlib_attaches(impl, segments, peers, peer_python, case):
     values, writes = CASES[case]
-    slots = [h.sl_slot_size(v, "utf8") for v in values]  # ASCII: the same as "chars"
+    slots = [h.sl_slot_size(v) for v in values]  # ASCII: the same as "chars"
     ours = h.list_class(impl)(values)
     segments.add(ours.shm)
     for i, v in writes:
@@ -141,7 +141,7 @@ def test_we_create_multibyte_str_stdlib_reads_it(shmkit_mod, segments, peers, pe
     ours = h.list_class(shmkit_mod)(MULTIBYTE)
     segments.add(ours.shm)
     assert ours.format == "16s16s16s24sq8s"
-    assert h.segment_bytes(ours.shm.name) == h.sl_layout(MULTIBYTE, sizing="utf8")
+    assert h.segment_bytes(ours.shm.name) == h.sl_layout(MULTIBYTE)
 
     peer = peers(peer_python, "lists")
     state = peer.ask(attach=ours.shm.name)
