@@ -4,8 +4,6 @@
 //! so it lives here, over the core's layout codec; the Python subclass adds
 //! `__repr__`, `__reduce__` and `__class_getitem__`.
 
-use std::sync::Arc;
-
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
@@ -26,45 +24,13 @@ pub(crate) struct ShareableListBase {
     /// The mapping, held so that items stay readable whatever is done to
     /// `shm`, and never read after an unmap.
     segment: Option<Py<Segment>>,
-    layout: Option<Arc<Layout>>,
-}
-
-/// The iterator of a ShareableList: a private copy of the segment, decoded
-/// item by item.
-#[pyclass(module = "shmkit._shmkit")]
-pub(crate) struct ListIter {
-    snapshot: Vec<u8>,
-    layout: Arc<Layout>,
-    next: usize,
-}
-
-#[pymethods]
-impl ListIter {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if self.next >= self.layout.len() {
-            return Ok(None);
-        }
-        let value = self
-            .layout
-            .get(&self.snapshot[..], self.next as isize)
-            .map_err(list_err)?;
-        self.next += 1;
-        to_py(py, value).map(Some)
-    }
-
-    fn __length_hint__(&self) -> usize {
-        self.layout.len() - self.next.min(self.layout.len())
-    }
+    layout: Option<Layout>,
 }
 
 impl ShareableListBase {
-    /// The mapping and layout, or the error CPython gives for a list whose
-    /// `__init__` never ran.
-    fn parts<'a>(&'a self, py: Python<'a>) -> PyResult<(&'a Region, &'a Arc<Layout>)> {
+    /// The mapping and layout, or an error for a list whose `__init__`
+    /// never ran.
+    fn parts<'a>(&'a self, py: Python<'a>) -> PyResult<(&'a Region, &'a Layout)> {
         match (&self.segment, &self.layout) {
             (Some(segment), Some(layout)) => Ok((segment.bind(py).get().region(), layout)),
             _ => Err(PyValueError::new_err("ShareableList is not initialised")),
@@ -134,7 +100,7 @@ impl ShareableListBase {
         let mut this = slf.borrow_mut();
         this.shm = Some(shm.unbind());
         this.segment = Some(segment);
-        this.layout = Some(Arc::new(layout));
+        this.layout = Some(layout);
         Ok(())
     }
 
@@ -229,15 +195,10 @@ impl ShareableListBase {
         }
     }
 
-    /// Iterates over a snapshot of the items (one copy of the segment),
-    /// decoding each as it is reached.
-    fn __iter__(&self, py: Python<'_>) -> PyResult<ListIter> {
-        let (region, layout) = self.parts(py)?;
-        Ok(ListIter {
-            snapshot: region.read_vec(0, layout.size()).map_err(list_err)?,
-            layout: Arc::clone(layout),
-            next: 0,
-        })
+    /// Iterates over a snapshot of the items: one copy of the segment,
+    /// decoded at once (a list iterator then hands them out at C speed).
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.to_list(py)?.try_iter().map(Bound::into_any)
     }
 
     /// All items, as a plain list, decoded from one copy of the segment
@@ -255,12 +216,21 @@ impl ShareableListBase {
             Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n as ffi::Py_ssize_t))?
                 .cast_into_unchecked::<PyList>()
         };
-        for i in 0..n {
-            let item = to_py(py, layout.get(&snapshot[..], i as isize).map_err(list_err)?)?;
-            // SAFETY: `i < n`, the slot is still NULL, and SET_ITEM steals
-            // the new reference `into_ptr` hands over.
-            unsafe { ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr()) };
-        }
+        layout
+            .decode_copy(&snapshot, |i, value| -> Result<(), Stop> {
+                let item = to_py(py, value).map_err(Stop::Python)?;
+                // SAFETY: decode_copy hands out positions 0..n once each, so
+                // the slot is in range and still NULL; SET_ITEM steals the
+                // reference `into_ptr` hands over.
+                unsafe {
+                    ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr())
+                };
+                Ok(())
+            })
+            .map_err(|stop| match stop {
+                Stop::List(e) => list_err(e),
+                Stop::Python(e) => e,
+            })?;
         Ok(list)
     }
 
@@ -321,6 +291,18 @@ fn collect<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         items.push(item?);
     }
     Ok(items)
+}
+
+/// Why a bulk decode stopped: bad bytes, or Python failed to make a value.
+enum Stop {
+    List(Error),
+    Python(PyErr),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::List(e)
+    }
 }
 
 /// The segment object behind a Python `SharedMemory`.

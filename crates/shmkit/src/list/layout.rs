@@ -535,6 +535,80 @@ impl Layout {
         }
     }
 
+    /// Reads every item, in order, out of `bytes`, a private copy of the
+    /// whole list (at least [`size`](Self::size) bytes), handing each to
+    /// `emit`; stops at the first error. The same values as
+    /// [`get`](Self::get), with the four fixed-size types decoded in one tight
+    /// pass: this is what iteration and `list(sl)` cost per item.
+    ///
+    /// ```
+    /// use shmkit::list::{layout::Layout, Value, ValueRef};
+    /// let bytes = Layout::encode(&[ValueRef::Int(7), ValueRef::Str("hi")])?;
+    /// let layout = Layout::attach(&bytes[..])?;
+    /// let mut out = Vec::new();
+    /// layout.decode_copy(&bytes, |_, v| {
+    ///     out.push(v);
+    ///     Ok::<(), shmkit::Error>(())
+    /// })?;
+    /// assert_eq!(out, [Value::Int(7), Value::from("hi")]);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn decode_copy<E: From<Error>>(
+        &self,
+        bytes: &[u8],
+        mut emit: impl FnMut(usize, Value) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let n = self.len();
+        let (formats, codes) = match (
+            bytes.get(self.formats..self.formats + 8 * n),
+            bytes.get(self.codes_offset()..self.codes_offset() + n),
+        ) {
+            (Some(f), Some(c)) => (f, c),
+            _ => {
+                return Err(Error::OutOfBounds {
+                    offset: 0,
+                    len: self.size(),
+                    size: bytes.len(),
+                }
+                .into())
+            }
+        };
+        let word_at = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+        };
+        let items = formats
+            .chunks_exact(8)
+            .zip(codes)
+            .zip(self.starts.windows(2));
+        for (i, ((format, &code), bounds)) in items.enumerate() {
+            let (start, end) = (bounds[0], bounds[1]);
+            let format = u64::from_ne_bytes(format.try_into().expect("8 bytes"));
+            // Anything unusual (str, bytes, a short slot, bad bytes) takes the
+            // general, checked path.
+            let fixed = if end - start >= 8 {
+                match (format, code as i8) {
+                    (FMT_INT, CODE_PLAIN) => word_at(start).map(|w| Value::Int(w as i64)),
+                    (FMT_FLOAT, CODE_PLAIN) => {
+                        word_at(start).map(|w| Value::Float(f64::from_bits(w)))
+                    }
+                    (FMT_BOOL, CODE_PLAIN) => bytes.get(start + 7).map(|&b| Value::Bool(b != 0)),
+                    (FMT_NONE, CODE_NONE) => Some(Value::None),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let value = match fixed {
+                Some(value) => value,
+                None => self.get(bytes, i as isize)?,
+            };
+            emit(i, value)?;
+        }
+        Ok(())
+    }
+
     /// Item `index`'s format, as CPython's `_get_packing_format` returns it:
     /// `"q"`, `"d"`, `"xxxxxxx?"`, `"xxxxxx?x"` or `"<width>s"`.
     pub fn item_format<S: ByteSource + ?Sized>(&self, src: &S, index: isize) -> Result<String> {
