@@ -155,7 +155,15 @@ impl ShareableListBase {
                 )));
             }
             // Check every value before writing any.
-            let values = items.iter().map(value_ref).collect::<PyResult<Vec<_>>>()?;
+            let values = items
+                .iter()
+                .map(value_ref_at_set)
+                .collect::<PyResult<Vec<_>>>()?;
+            let mut i = idx.start;
+            for &v in &values {
+                layout.check_set(i, v).map_err(list_err)?;
+                i += idx.step;
+            }
             let mut i = idx.start;
             for v in values {
                 layout.set(&mut region, i, v).map_err(list_err)?;

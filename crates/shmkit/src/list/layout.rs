@@ -671,6 +671,25 @@ impl Layout {
         }
     }
 
+    /// Whether [`set`](Self::set) would accept `value` at `index`, without
+    /// writing anything: for writers that must check several items before
+    /// changing any (slice assignment).
+    pub fn check_set(&self, index: isize, value: ValueRef<'_>) -> Result<()> {
+        let i = self.index(index)?;
+        let slot = self.slot(i);
+        match Encoded::of(value) {
+            Encoded::Word { .. } if slot.len() < 8 => Err(exceeds(i, 8, slot.len())),
+            Encoded::Word { .. } => Ok(()),
+            Encoded::Var { data, .. } => {
+                check_var(i, data, value.type_name())?;
+                if data.len() > slot.len() {
+                    return Err(exceeds(i, data.len(), slot.len()));
+                }
+                Ok(())
+            }
+        }
+    }
+
     #[inline]
     fn set_word<S: ByteSink + ?Sized>(
         &self,
