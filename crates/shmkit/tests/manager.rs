@@ -615,8 +615,10 @@ fn pythons() -> Vec<(u32, PathBuf)> {
 }
 
 /// What a Python client does against the Rust server: connect, make a
-/// segment and a list through the manager, call a function that fails,
-/// and try a wrong key.
+/// segment and a list through the manager, call a function that fails, and
+/// try a wrong key. It keeps its segments open until its stdin closes, so
+/// that they are held by someone until the Rust side has them open (other
+/// test suites on this machine sweep generated names that nobody holds).
 const PY_CLIENT: &str = r#"
 import sys, multiprocessing
 from multiprocessing import resource_tracker
@@ -637,7 +639,6 @@ assert sl[1] == 2
 # The manager owns them now, not this process's resource tracker (gh-82300).
 for name in (shm._name, sl.shm._name):
     resource_tracker.unregister(name, 'shared_memory')
-print('made', shm.name, sl.shm.name)
 with smm._Client(smm._address, authkey=smm._authkey) as conn:
     try:
         dispatch(conn, None, 'release_segment', ('never_tracked',))
@@ -648,6 +649,8 @@ try:
     bad.connect()
 except multiprocessing.AuthenticationError as e:
     print('auth', e)
+print('made', shm.name, sl.shm.name, flush=True)
+sys.stdin.read()
 shm.close()
 sl.shm.close()
 "#;
@@ -667,20 +670,43 @@ fn cpython_clients_use_the_rust_server() {
                     Address::Tcp(a) => ("tcp", a.to_string()),
                     other => ("unix", other.to_string()),
                 };
-                let out = Command::new(&exe)
-                    .args(["-c", PY_CLIENT, kind, &where_, &hex(&key)])
-                    .output()
-                    .unwrap();
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let stderr = String::from_utf8_lossy(&out.stderr);
                 let case = format!("3.{minor} {challenge:?} {kind}");
-                let names: Vec<String> = stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix("made "))
-                    .map(|l| l.split_whitespace().map(str::to_owned).collect())
-                    .unwrap_or_default();
+                let mut child = KillOnDrop(
+                    Command::new(&exe)
+                        .args(["-c", PY_CLIENT, kind, &where_, &hex(&key)])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+                let mut stdout = String::new();
+                let mut lines = BufReader::new(child.0.stdout.take().unwrap());
+                let mut names: Vec<String> = Vec::new();
+                let mut line = String::new();
+                while names.is_empty() && lines.read_line(&mut line).unwrap() > 0 {
+                    if let Some(made) = line.strip_prefix("made ") {
+                        names = made.split_whitespace().map(str::to_owned).collect();
+                    }
+                    stdout.push_str(&line);
+                    line.clear();
+                }
                 let _guards: Vec<Unlink> = names.iter().cloned().map(Unlink).collect();
-                assert!(out.status.success(), "{case}:\n{stdout}\n{stderr}");
+                // Held here before the client lets go of them.
+                let opened = names.first().map(|n| SharedMemory::open(n));
+                let list = names.get(1).map(|n| ShareableList::open(n));
+                drop(child.0.stdin.take());
+                lines.read_to_string(&mut stdout).unwrap();
+                let status = child.0.wait().unwrap();
+                let mut stderr = String::new();
+                child
+                    .0
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                assert!(status.success(), "{case}:\n{stdout}\n{stderr}");
                 assert!(stderr.is_empty(), "{case} stderr:\n{stderr}");
                 assert_eq!(names.len(), 2, "{case}: {stdout}");
                 assert!(stdout.contains("remote True"), "{case}: {stdout}");
@@ -692,9 +718,9 @@ fn cpython_clients_use_the_rust_server() {
                 // The server tracks exactly what the client made, and the
                 // bytes are there.
                 assert_eq!(handle.stopper().segments(), names, "{case}");
-                let shm = SharedMemory::open(&names[0]).unwrap();
+                let shm = opened.unwrap().unwrap();
                 assert_eq!(shm.read_vec(0, 5).unwrap(), b"howdy");
-                let list = ShareableList::open(&names[1]).unwrap();
+                let list = list.unwrap().unwrap();
                 assert_eq!(list.to_vec().unwrap(), [Value::Int(1), Value::Int(2)]);
 
                 handle.stop().unwrap();

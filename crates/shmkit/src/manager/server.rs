@@ -517,11 +517,16 @@ fn exchange(conn: &mut Connection, shared: &Shared, config: &Config) -> Option<O
     let handshake = auth::deliver_challenge(conn, &config.authkey, config.challenge)
         .and_then(|()| auth::answer_challenge(conn, &config.authkey));
     if let Err(e) = handshake {
-        tracing::warn!(error = %e, "manager refused a connection");
         return match e {
             // The peer is gone: nobody to tell.
-            Error::Manager(ManagerError::Eof | ManagerError::Io { .. }) => None,
-            e => Some(traceback("_handle_request", exception_line(&e))),
+            Error::Manager(ManagerError::Eof | ManagerError::Io { .. }) => {
+                tracing::debug!(error = %e, "manager peer left during the handshake");
+                None
+            }
+            e => {
+                tracing::warn!(error = %e, "manager refused a connection");
+                Some(traceback("_handle_request", exception_line(&e)))
+            }
         };
     }
     let request = match conn.recv() {
