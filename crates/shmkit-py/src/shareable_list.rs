@@ -84,12 +84,10 @@ impl ShareableListBase {
             let none = py.None();
             let shm = shm_class.call1((name.unwrap_or(none.bind(py)), true, layout.size()))?;
             let segment = segment_of(&shm)?;
-            // Encode privately, then copy once: one memcpy instead of three
-            // checked stores per item into shared memory.
-            let mut image = vec![0u8; layout.size()];
-            let written = layout
-                .write_new(&mut image, &values)
-                .and_then(|()| segment.bind(py).get().region().write_at(0, &image));
+            // Fresh tmpfs pages are zero, so only the list's own bytes are
+            // written.
+            let mut region = segment.bind(py).get().region();
+            let written = layout.write_new(&mut region, &values);
             if let Err(e) = written {
                 let _ = shm.call_method0(intern!(py, "unlink"));
                 return Err(list_err(e));
