@@ -38,3 +38,8 @@ pub use list::ShareableList;
 pub use manager::SharedMemoryManager;
 pub use region::Region;
 pub use segment::{exists, rename, unlink, Options, RenameFlags, SharedMemory};
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
