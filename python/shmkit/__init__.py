@@ -6,7 +6,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import shared_memory
+from . import managers, shared_memory
+from .managers import SharedMemoryManager
 from .shared_memory import ShareableList, SharedMemory
 
 try:
@@ -14,4 +15,11 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["ShareableList", "SharedMemory", "shared_memory", "__version__"]
+__all__ = [
+    "ShareableList",
+    "SharedMemory",
+    "SharedMemoryManager",
+    "managers",
+    "shared_memory",
+    "__version__",
+]

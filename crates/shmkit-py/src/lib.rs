@@ -11,6 +11,7 @@ use shmkit::{Error, RenameFlags};
 use crate::errors::to_pyerr;
 
 mod errors;
+mod manager;
 mod segment;
 mod shareable_list;
 mod shared_memory;
@@ -65,6 +66,10 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<segment::Segment>()?;
     m.add_class::<shared_memory::SharedMemoryBase>()?;
     m.add_class::<shareable_list::ShareableListBase>()?;
+    m.add_class::<manager::ManagerClient>()?;
+    m.add_function(wrap_pyfunction!(manager::manager_child_settings, m)?)?;
+    m.add_function(wrap_pyfunction!(manager::manager_child_address, m)?)?;
+    m.add_function(wrap_pyfunction!(manager::manager_serve_child, m)?)?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;

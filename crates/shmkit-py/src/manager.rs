@@ -1,0 +1,332 @@
+//! The native half of `shmkit.managers`: a client of any manager server
+//! (CPython's or shmkit's), and the entry point of the manager process that
+//! `SharedMemoryManager.start()` forks, which runs the Rust server.
+//!
+//! Conversions and exception mapping only: the protocol, the server and its
+//! guarantees (parent watching, unlinking at every kind of stop) live in
+//! `shmkit::manager`.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyEOFError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use shmkit::manager::{frame, pickle, Address, Client, ManagerError, PyValue};
+
+use crate::errors::to_pyerr;
+
+/// What a manager child prints before the hex of its pickled address (and
+/// before the reason, when it cannot listen): see `shmkit::manager::serve_child`.
+const READY: &[u8] = b"shmkit-manager-address ";
+const FAILED: &[u8] = b"shmkit-manager-error ";
+
+/// A core error as the exception CPython's `multiprocessing` raises for the
+/// same failure (each `ManagerError` variant documents its exception).
+pub(crate) fn manager_err(py: Python<'_>, err: shmkit::Error) -> PyErr {
+    let shmkit::Error::Manager(m) = err else {
+        return to_pyerr(err, "");
+    };
+    match m {
+        ManagerError::Io { source, .. } => match source.raw_os_error() {
+            // OSError(errno, strerror) becomes FileNotFoundError and kin.
+            Some(errno) => PyOSError::new_err((errno, strerror(errno))),
+            None => PyErr::from(source),
+        },
+        ManagerError::Eof => PyEOFError::new_err(()),
+        ManagerError::Authentication(reason) => {
+            mp_error(py, "multiprocessing", "AuthenticationError", reason)
+        }
+        ManagerError::Remote { traceback } => {
+            mp_error(py, "multiprocessing.managers", "RemoteError", traceback)
+        }
+        ManagerError::Pickle(p) => mp_error(py, "pickle", "UnpicklingError", p.to_string()),
+        ManagerError::Protocol(message) => PyValueError::new_err(message),
+        ManagerError::Process(message) => PyRuntimeError::new_err(message),
+        other => PyOSError::new_err(other.to_string()),
+    }
+}
+
+/// `module.name(message)` as an exception (an `OSError` if that fails).
+fn mp_error(py: Python<'_>, module: &str, name: &str, message: String) -> PyErr {
+    let made = py
+        .import(module)
+        .and_then(|m| m.getattr(name))
+        .and_then(|cls| cls.call1((message.clone(),)));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => PyOSError::new_err(message),
+    }
+}
+
+/// A Python value as the pickle subset the protocol carries.
+fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<PyValue> {
+    if obj.is_none() {
+        Ok(PyValue::None)
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Ok(PyValue::Bool(b.is_true()))
+    } else if let Ok(i) = obj.cast::<PyInt>() {
+        Ok(PyValue::Int(i.extract().map_err(|_| {
+            PyValueError::new_err("manager requests carry 64-bit ints only")
+        })?))
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        Ok(PyValue::Float(f.value()))
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        Ok(PyValue::Str(s.to_str()?.to_owned()))
+    } else if let Ok(b) = obj.cast::<PyBytes>() {
+        Ok(PyValue::Bytes(b.as_bytes().to_vec()))
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter()
+            .map(|x| to_value(&x))
+            .collect::<PyResult<_>>()
+            .map(PyValue::Tuple)
+    } else if let Ok(l) = obj.cast::<PyList>() {
+        l.iter()
+            .map(|x| to_value(&x))
+            .collect::<PyResult<_>>()
+            .map(PyValue::List)
+    } else if let Ok(d) = obj.cast::<PyDict>() {
+        d.iter()
+            .map(|(k, v)| Ok((to_value(&k)?, to_value(&v)?)))
+            .collect::<PyResult<_>>()
+            .map(PyValue::Dict)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "a manager request cannot carry a {}",
+            obj.get_type().name()?
+        )))
+    }
+}
+
+/// A protocol value as the Python object it stands for.
+fn to_object(py: Python<'_>, value: &PyValue) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        PyValue::None => py.None(),
+        PyValue::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        PyValue::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        PyValue::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+        PyValue::Str(s) => PyString::new(py, s).into_any().unbind(),
+        PyValue::Bytes(b) => PyBytes::new(py, b).into_any().unbind(),
+        PyValue::Tuple(items) => {
+            let items = items
+                .iter()
+                .map(|v| to_object(py, v))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(py, items)?.into_any().unbind()
+        }
+        PyValue::List(items) => {
+            let items = items
+                .iter()
+                .map(|v| to_object(py, v))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any().unbind()
+        }
+        PyValue::Dict(pairs) => {
+            let d = PyDict::new(py);
+            for (k, v) in pairs {
+                d.set_item(to_object(py, k)?, to_object(py, v)?)?;
+            }
+            d.into_any().unbind()
+        }
+    })
+}
+
+/// A Python address (`str` path, `b'\0name'`, `(host, port)`) as a core
+/// one; `None` is CPython's `ValueError: address type of None unrecognized`.
+fn to_address(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Address> {
+    let value = match to_value(obj) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(PyValueError::new_err(format!(
+                "address type of {} unrecognized",
+                obj.repr()?
+            )))
+        }
+    };
+    Address::from_py(&value).map_err(|e| manager_err(py, e))
+}
+
+/// `multiprocessing.connection.Client` plus `dispatch`, for one manager:
+/// each call opens a connection, authenticates both ways, makes one request
+/// and closes, as CPython's server requires. The GIL is released meanwhile.
+#[pyclass(frozen, module = "shmkit._shmkit", name = "ManagerClient")]
+pub(crate) struct ManagerClient {
+    client: Client,
+    address: Py<PyAny>,
+}
+
+#[pymethods]
+impl ManagerClient {
+    #[new]
+    #[pyo3(signature = (address, authkey, timeout=None))]
+    fn new(
+        py: Python<'_>,
+        address: &Bound<'_, PyAny>,
+        authkey: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        let Ok(key) = authkey.cast::<PyBytes>() else {
+            return Err(PyTypeError::new_err("authkey should be a byte string"));
+        };
+        let mut client = Client::new(to_address(py, address)?, key.as_bytes());
+        if let Some(t) = timeout {
+            let t = Duration::try_from_secs_f64(t)
+                .map_err(|_| PyValueError::new_err("timeout must be a non-negative number"))?;
+            client.set_timeout(Some(t));
+        }
+        Ok(ManagerClient {
+            client,
+            address: address.clone().unbind(),
+        })
+    }
+
+    /// The address as given.
+    #[getter]
+    fn address(&self, py: Python<'_>) -> Py<PyAny> {
+        self.address.clone_ref(py)
+    }
+
+    fn track_segment(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.client.track_segment(name))
+            .map_err(|e| manager_err(py, e))
+    }
+
+    fn release_segment(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.client.release_segment(name))
+            .map_err(|e| manager_err(py, e))
+    }
+
+    fn list_segments(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.client.list_segments())
+            .map_err(|e| manager_err(py, e))
+    }
+
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.client.shutdown())
+            .map_err(|e| manager_err(py, e))
+    }
+
+    fn dummy(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.client.dummy())
+            .map_err(|e| manager_err(py, e))
+    }
+
+    /// `func(*args, **kwds)` on the server; its result.
+    #[pyo3(signature = (func, args=None, kwds=None))]
+    fn dispatch(
+        &self,
+        py: Python<'_>,
+        func: &str,
+        args: Option<&Bound<'_, PyTuple>>,
+        kwds: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let args = match args {
+            Some(a) => a
+                .iter()
+                .map(|x| to_value(&x))
+                .collect::<PyResult<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let kwds = match kwds {
+            Some(d) => d
+                .iter()
+                .map(|(k, v)| Ok((to_value(&k)?, to_value(&v)?)))
+                .collect::<PyResult<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let result = py
+            .detach(|| self.client.dispatch_with(func, args, kwds))
+            .map_err(|e| manager_err(py, e))?;
+        to_object(py, &result)
+    }
+}
+
+/// The settings a manager child reads on its stdin: a framed pickle, as
+/// `shmkit::manager::serve_child` expects.
+#[pyfunction]
+#[pyo3(signature = (address, authkey, parent, timeout=60.0))]
+pub(crate) fn manager_child_settings<'py>(
+    py: Python<'py>,
+    address: &Bound<'py, PyAny>,
+    authkey: &[u8],
+    parent: u32,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let address = if address.is_none() {
+        PyValue::None
+    } else {
+        to_address(py, address)?.to_py()
+    };
+    let settings = PyValue::Dict(vec![
+        ("authkey".into(), PyValue::Bytes(authkey.to_vec())),
+        ("address".into(), address),
+        ("parent".into(), PyValue::Int(i64::from(parent))),
+        (
+            "max_message_len".into(),
+            PyValue::Int(frame::DEFAULT_MAX_LEN as i64),
+        ),
+        (
+            "timeout".into(),
+            timeout.map_or(PyValue::None, PyValue::Float),
+        ),
+        ("legacy".into(), PyValue::Bool(false)),
+    ]);
+    let mut out = Vec::new();
+    frame::write(&mut out, &pickle::dumps(&settings)).map_err(|e| manager_err(py, e.into()))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The address in a manager child's report line, `None` if the line is not
+/// the report; `RuntimeError` if the child could not listen.
+#[pyfunction]
+pub(crate) fn manager_child_address(py: Python<'_>, line: &[u8]) -> PyResult<Py<PyAny>> {
+    let line = line.trim_ascii();
+    if let Some(reason) = after(line, FAILED) {
+        return Err(PyRuntimeError::new_err(format!(
+            "the manager process could not start: {}",
+            String::from_utf8_lossy(reason)
+        )));
+    }
+    let Some(hex) = after(line, READY) else {
+        return Ok(py.None());
+    };
+    let value = unhex(hex)
+        .and_then(|b| pickle::loads(&b).ok())
+        .ok_or_else(|| {
+            PyRuntimeError::new_err("the manager process reported an unreadable address")
+        })?;
+    to_object(py, &value)
+}
+
+/// Runs a manager server in this process until it is shut down, the parent
+/// named in its settings dies, or it gets `SIGTERM`; `SIGINT` is ignored.
+/// Settings come on stdin and the address goes to stdout (both pipes from
+/// the parent). Meant for a freshly forked child, which exits right after.
+#[pyfunction]
+pub(crate) fn manager_serve_child(py: Python<'_>) -> PyResult<()> {
+    py.detach(shmkit::manager::serve_child)
+        .map_err(|e| manager_err(py, e))
+}
+
+/// The C library's text for `errno`, without Rust's " (os error N)".
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
+    line.windows(marker.len())
+        .position(|w| w == marker)
+        .map(|at| &line[at + marker.len()..])
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
+}

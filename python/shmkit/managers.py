@@ -1,0 +1,341 @@
+"""A drop-in for :class:`multiprocessing.managers.SharedMemoryManager` whose
+server is native (``shmkit::manager``), speaks CPython's wire protocol, and
+never leaks.
+
+``SharedMemoryManager([address[, authkey]])`` behaves as the stdlib class:
+``start()`` starts a manager process, ``SharedMemory(size)`` and
+``ShareableList(sequence)`` create segments in this process and have the
+server track them, and ``shutdown()`` (or leaving a ``with`` block) makes the
+server unlink them all. ``connect()`` reaches a running manager instead,
+CPython's or shmkit's (a stdlib client can equally reach a shmkit server).
+
+Beyond the stdlib:
+
+* ``shutdown()`` unlinks every segment even when some are already gone;
+* the manager process watches this one: if it dies, even by SIGKILL, the
+  server unlinks every segment and exits at once; on SIGTERM it unlinks too;
+* ``SharedMemory(size, name=...)`` and ``ShareableList(seq, name=...)``
+  make named managed segments (gh-101014).
+
+Every difference is listed in ``docs/compat.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from multiprocessing import AuthenticationError, ProcessError, process, util  # noqa: F401
+
+from . import _shmkit, shared_memory
+
+__all__ = ["SharedMemoryManager"]
+
+#: How long ``shutdown()`` waits for the manager process before it sends
+#: SIGTERM, then SIGKILL (CPython's ``shutdown_timeout`` default).
+_SHUTDOWN_TIMEOUT = 1.0
+#: How long ``start()`` waits for the manager process to report its address.
+_START_TIMEOUT = 30.0
+#: How long the server waits for a silent peer in the middle of a request.
+_CONNECTION_TIMEOUT = 60.0
+
+
+class _State:
+    """CPython's ``multiprocessing.managers.State``: shared between a manager
+    and its finalizer, which must not hold the manager itself."""
+
+    __slots__ = ("value",)
+    INITIAL = 0
+    STARTED = 1
+    SHUTDOWN = 2
+
+    def __init__(self):
+        self.value = _State.INITIAL
+
+
+class _ManagerProcess:
+    """The forked manager process: the part of ``multiprocessing.Process``
+    that callers of a manager use (``pid``, ``is_alive``, ``join``,
+    ``terminate``, ``kill``, ``exitcode``)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.exitcode = None
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    def __repr__(self):
+        state = "alive" if self.exitcode is None else f"exitcode={self.exitcode}"
+        return f"<shmkit manager process pid={self.pid} {state}>"
+
+    def _reap(self, block):
+        if self.exitcode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (a SIGCHLD handler, say)
+            self.exitcode = -1
+        else:
+            if pid == 0:
+                return False
+            self.exitcode = os.waitstatus_to_exitcode(status)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        return True
+
+    def is_alive(self):
+        return not self._reap(False)
+
+    def join(self, timeout=None):
+        if self._reap(False):
+            return
+        if self._pidfd is not None:
+            select.select([self._pidfd], [], [], timeout)
+            self._reap(False)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._reap(False):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
+
+    def _signal(self, signum):
+        if self.exitcode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self._signal(signal.SIGTERM)
+
+    def kill(self):
+        self._signal(signal.SIGKILL)
+
+
+def _read_address(fd, pid):
+    """The address the manager process at ``pid`` reports on pipe ``fd``."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    pending = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise RuntimeError(
+                f"the manager process did not report its address within {_START_TIMEOUT:.0f} s"
+            )
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise EOFError("the manager process exited before reporting its address")
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            address = _shmkit.manager_child_address(line)
+            if address is not None:
+                return address
+
+
+def _serve_in_child(settings_fd, report_fd, initializer, initargs):
+    """The forked manager process: never returns."""
+    code = 1
+    try:
+        os.dup2(settings_fd, 0)
+        os.dup2(report_fd, 1)
+        # Keep nothing of the parent's but stdin/stdout/stderr: a manager
+        # holding a copy of some pipe would delay its reader's EOF.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if initializer is not None:
+            initializer(*initargs)
+        _shmkit.manager_serve_child()
+        code = 0
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+class SharedMemoryManager:
+    """A manager of shared memory segments: ``SharedMemory(size)`` and
+    ``ShareableList(sequence)`` make segments that ``shutdown()`` unlinks.
+
+    The server is shmkit's native one, wire-compatible with CPython's: stdlib
+    clients may ``connect()`` to it, and this class may ``connect()`` to a
+    stdlib server.
+    """
+
+    def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
+                 shutdown_timeout=_SHUTDOWN_TIMEOUT):
+        if authkey is None:
+            authkey = process.current_process().authkey
+        if not isinstance(authkey, bytes):
+            raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
+        if serializer != "pickle":
+            raise ValueError(f"shmkit's manager speaks only the 'pickle' serializer, not {serializer!r}")
+        self._address = address
+        self._authkey = process.AuthenticationString(authkey)
+        self._serializer = serializer
+        self._ctx = ctx
+        self._shutdown_timeout = shutdown_timeout
+        self._state = _State()
+        self._process = None
+        self._client = None
+
+    # -- the server ------------------------------------------------------
+
+    @property
+    def address(self):
+        return self._address
+
+    def _check_startable(self):
+        if self._state.value == _State.STARTED:
+            raise ProcessError("Already started server")
+        if self._state.value == _State.SHUTDOWN:
+            raise ProcessError("Manager has shut down")
+
+    def start(self, initializer=None, initargs=()):
+        """Starts the manager process: a fork of this one that runs the
+        native server (the GIL plays no part in it). It ignores SIGINT,
+        unlinks every segment on SIGTERM, and exits, unlinking them, as soon
+        as this process dies."""
+        self._check_startable()
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        settings = _shmkit.manager_child_settings(
+            self._address, bytes(self._authkey), os.getpid(), _CONNECTION_TIMEOUT
+        )
+        settings_r, settings_w = os.pipe()
+        report_r, report_w = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            for fd in (settings_r, settings_w, report_r, report_w):
+                os.close(fd)
+            raise
+        if pid == 0:
+            _serve_in_child(settings_r, report_w, initializer, initargs)
+        os.close(settings_r)
+        os.close(report_w)
+        proc = _ManagerProcess(pid)
+        try:
+            try:
+                os.write(settings_w, settings)
+            except BrokenPipeError:
+                pass  # the child is gone: reading its report says why
+            finally:
+                os.close(settings_w)
+            address = _read_address(report_r, pid)
+        except BaseException:
+            proc.kill()
+            proc.join()
+            raise
+        finally:
+            os.close(report_r)
+
+        self._process = proc
+        self._address = address
+        self._client = _shmkit.ManagerClient(address, bytes(self._authkey))
+        self._state.value = _State.STARTED
+        self.shutdown = util.Finalize(
+            self,
+            type(self)._finalize_manager,
+            args=(proc, self._client, self._state, self._shutdown_timeout),
+            exitpriority=0,
+        )
+
+    @staticmethod
+    def _finalize_manager(proc, client, state, shutdown_timeout):
+        """Shuts the server down (it unlinks every segment), then waits for
+        its process, and terminates it if it lingers."""
+        if proc.is_alive():
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+            proc.join(timeout=shutdown_timeout)
+            if proc.is_alive():
+                proc.terminate()  # the server unlinks on SIGTERM too
+                proc.join(timeout=shutdown_timeout)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        state.value = _State.SHUTDOWN
+
+    def connect(self):
+        """Connects to a running manager (checked with a ``dummy`` call, as
+        CPython does). The manager is not ours to stop: such a manager has
+        no ``shutdown``."""
+        client = _shmkit.ManagerClient(self._address, bytes(self._authkey))
+        client.dummy()
+        self._client = client
+        self._state.value = _State.STARTED
+
+    def join(self, timeout=None):
+        """Waits for the manager process to exit."""
+        if self._process is not None:
+            self._process.join(timeout)
+
+    def get_server(self):
+        raise NotImplementedError(
+            "shmkit's manager server is native: use start(), or run `shmkit serve`"
+        )
+
+    def __enter__(self):
+        if self._state.value == _State.INITIAL:
+            self.start()
+        if self._state.value != _State.STARTED:
+            raise ProcessError(f"Unable to start server (state {self._state.value})")
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.shutdown()
+
+    def __reduce__(self):
+        raise TypeError("a SharedMemoryManager cannot be pickled; pass its address and authkey")
+
+    # -- requests ----------------------------------------------------------
+
+    def _get_client(self):
+        client = self._client
+        if client is None:
+            # Never started nor connected: CPython's error for address None,
+            # or a client for an address given but not yet connected to.
+            client = _shmkit.ManagerClient(self._address, bytes(self._authkey))
+        return client
+
+    def _track(self, client, segment, shm):
+        try:
+            client.track_segment(shm.name)
+        except BaseException:
+            shm.unlink()
+            raise
+        return segment
+
+    def SharedMemory(self, size, name=None):
+        """A new ``shmkit.shared_memory.SharedMemory`` of ``size`` bytes (named
+        ``name`` if given) that the server unlinks when it shuts down."""
+        client = self._get_client()
+        shm = shared_memory.SharedMemory(name, create=True, size=size)
+        return self._track(client, shm, shm)
+
+    def ShareableList(self, sequence, name=None):
+        """A new ``shmkit.shared_memory.ShareableList`` holding ``sequence``
+        (in a segment named ``name`` if given) that the server unlinks when
+        it shuts down."""
+        client = self._get_client()
+        sl = shared_memory.ShareableList(sequence, name=name)
+        return self._track(client, sl, sl.shm)
+
+    def list_segments(self):
+        """The names of the segments the server tracks (shmkit only)."""
+        return self._get_client().list_segments()

@@ -1,0 +1,302 @@
+"""shmkit.managers.SharedMemoryManager: CPython's behaviour, and where it
+does better (no leak when its parent dies, SIGTERM unlinks, shutdown goes
+on past missing segments). Interop with the stdlib is in
+test_managers_interop.py."""
+
+import multiprocessing
+import multiprocessing.managers
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import shm_helpers as h
+
+
+@pytest.fixture
+def managers():
+    if os.environ.get("SHMKIT_REQUIRED") != "1":
+        pytest.importorskip("shmkit.managers")
+    import shmkit.managers
+
+    return shmkit.managers
+
+
+def wait_gone(names, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(h.segment_exists(n) for n in names):
+            return True
+        time.sleep(0.01)
+    return not any(h.segment_exists(n) for n in names)
+
+
+def test_exported(managers):
+    import shmkit
+
+    assert shmkit.SharedMemoryManager is managers.SharedMemoryManager
+
+
+def test_use_before_start_is_cpythons_value_error(managers):
+    smm = managers.SharedMemoryManager()
+    with pytest.raises(ValueError, match="address type of None unrecognized"):
+        smm.SharedMemory(9)
+    with pytest.raises(ValueError, match="address type of None unrecognized"):
+        smm.ShareableList([1])
+
+
+def test_authkey_must_be_bytes(managers):
+    with pytest.raises(TypeError):
+        managers.SharedMemoryManager(authkey="secret")
+    with pytest.raises(TypeError):
+        managers.SharedMemoryManager(authkey=5)
+
+
+def test_default_authkey_and_address(managers):
+    smm = managers.SharedMemoryManager()
+    assert bytes(smm._authkey) == bytes(multiprocessing.current_process().authkey)
+    smm.start()
+    try:
+        address = smm.address
+        assert isinstance(address, str)
+        assert os.path.basename(address).startswith("listener-")
+        assert os.path.basename(os.path.dirname(address)).startswith("pymp-")
+        assert os.stat(address).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
+    finally:
+        smm.shutdown()
+    assert not os.path.exists(address)
+
+
+def test_segments_are_unlinked_at_shutdown(managers, shmkit_mod, segments):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    shm = smm.SharedMemory(4096)
+    sl = smm.ShareableList(["howdy", 1, 2.5, None])
+    named = smm.SharedMemory(64, name=segments.name("managed"))
+    named_sl = smm.ShareableList([1, 2], name=segments.name("managed_sl"))
+    assert isinstance(shm, shmkit_mod.SharedMemory) and shm.size >= 4096
+    assert isinstance(sl, shmkit_mod.ShareableList) and list(sl) == ["howdy", 1, 2.5, None]
+    names = [shm.name, sl.shm.name, named.name, named_sl.shm.name]
+    assert smm.list_segments() == names
+    other = shmkit_mod.SharedMemory(name=shm.name)
+    other.buf[0] = 7
+    assert shm.buf[0] == 7
+    other.close()
+    smm.shutdown()
+    assert not any(h.segment_exists(n) for n in names)
+    with pytest.raises(FileNotFoundError):
+        shmkit_mod.SharedMemory(name=shm.name)
+    for obj in (shm, sl.shm, named, named_sl.shm):
+        obj.close()
+    # A second shutdown is a no-op, as in CPython.
+    smm.shutdown()
+    # After shutdown the socket is gone: CPython's FileNotFoundError.
+    with pytest.raises(FileNotFoundError):
+        smm.SharedMemory(8)
+
+
+def test_context_manager(managers, shmkit_mod):
+    with managers.SharedMemoryManager() as smm:
+        sl = smm.ShareableList("howdy")
+        shm = smm.SharedMemory(size=128)
+        names = [sl.shm.name, shm.name]
+    assert not any(h.segment_exists(n) for n in names)
+    with pytest.raises(FileNotFoundError):
+        shmkit_mod.ShareableList(name=names[0])
+    sl.shm.close()
+    shm.close()
+    with pytest.raises(multiprocessing.ProcessError):
+        smm.start()
+
+
+def test_start_twice_is_an_error(managers):
+    with managers.SharedMemoryManager() as smm:
+        with pytest.raises(multiprocessing.ProcessError, match="Already started"):
+            smm.start()
+
+
+def test_named_segment_that_exists_is_refused(managers, segments):
+    name = segments.name("taken")
+    with managers.SharedMemoryManager() as smm:
+        smm.SharedMemory(16, name=name).close()
+        with pytest.raises(FileExistsError):
+            smm.SharedMemory(16, name=name)
+        assert smm.list_segments() == [name]
+
+
+def test_shutdown_continues_past_missing_segments(managers, shmkit_mod):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    first = smm.SharedMemory(16)
+    second = smm.SharedMemory(16)
+    first.unlink()  # CPython's shutdown would stop here and leak `second`
+    smm.shutdown()
+    assert not h.segment_exists(second.name)
+    first.close()
+    second.close()
+
+
+def test_connect_only_manager(managers):
+    with managers.SharedMemoryManager(authkey=b"k") as smm:
+        client = managers.SharedMemoryManager(smm.address, b"k")
+        client.connect()
+        shm = client.SharedMemory(32)
+        assert smm.list_segments() == [shm.name]
+        with pytest.raises(AttributeError):
+            client.shutdown()
+        with pytest.raises(AttributeError):
+            with client:
+                pass
+        shm.close()
+    assert not h.segment_exists(shm.name)
+
+
+def test_wrong_authkey(managers):
+    with managers.SharedMemoryManager(authkey=b"right") as smm:
+        client = managers.SharedMemoryManager(smm.address, b"wrong")
+        with pytest.raises(multiprocessing.AuthenticationError):
+            client.connect()
+        with pytest.raises(multiprocessing.AuthenticationError):
+            client.SharedMemory(16)
+        assert smm.list_segments() == []
+
+
+def test_remote_errors(managers):
+    with managers.SharedMemoryManager() as smm:
+        with pytest.raises(multiprocessing.managers.RemoteError, match="ValueError"):
+            smm._client.release_segment("psm_not_tracked")
+        with pytest.raises(multiprocessing.managers.RemoteError, match="KeyError"):
+            smm._client.dispatch("create", (None, "Foo"))
+        assert smm._client.dispatch("dummy") is None
+
+
+def test_failed_tracking_unlinks_the_new_segment(managers, shmkit_mod):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    proc = smm._process
+    client = smm._client
+    smm.shutdown()
+    # A manager pointed at a dead server: the segment must not outlive the
+    # failed call.
+    smm2 = managers.SharedMemoryManager(smm.address)
+    before = set(os.listdir(h.DEV_SHM))
+    with pytest.raises(OSError):
+        smm2.SharedMemory(16)
+    assert set(os.listdir(h.DEV_SHM)) - before == set()
+    assert proc.exitcode == 0
+    del client
+
+
+def test_tcp_address(managers):
+    with managers.SharedMemoryManager(("127.0.0.1", 0)) as smm:
+        host, port = smm.address
+        assert host == "127.0.0.1" and port > 0
+        shm = smm.SharedMemory(8)
+        shm.close()
+    assert not h.segment_exists(shm.name)
+
+
+def test_sigint_to_the_server_is_ignored(managers):
+    with managers.SharedMemoryManager() as smm:
+        first = smm.ShareableList(range(10))
+        os.kill(smm._process.pid, signal.SIGINT)
+        time.sleep(0.1)
+        assert smm._process.is_alive()
+        second = smm.ShareableList(range(10))
+        assert smm.list_segments() == [first.shm.name, second.shm.name]
+        # The parent's own SIGINT handling is untouched.
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        first.shm.close()
+        second.shm.close()
+
+
+def test_sigterm_to_the_server_unlinks(managers):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    shm = smm.SharedMemory(16)
+    smm._process.terminate()
+    smm._process.join(2)
+    assert smm._process.exitcode is not None
+    assert not h.segment_exists(shm.name)
+    shm.close()
+    smm.shutdown()  # the process is gone: nothing to do, no error
+
+
+def _start_child(code):
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=h.child_env(),
+    )
+
+
+def test_parent_sigkill_unlinks_everything_within_2s(managers):
+    child = _start_child(
+        """
+        import sys, time
+        from shmkit.managers import SharedMemoryManager
+        smm = SharedMemoryManager()
+        smm.start()
+        names = [smm.SharedMemory(4096).name, smm.ShareableList([1, 'x']).shm.name]
+        print(smm._process.pid, smm.address, *names, flush=True)
+        time.sleep(60)
+        """
+    )
+    try:
+        pid, address, *names = child.stdout.readline().split()
+        assert len(names) == 2 and all(h.segment_exists(n) for n in names)
+        child.kill()
+        child.wait()
+        assert wait_gone(names, 2.0), names
+        deadline = time.monotonic() + 2
+        while os.path.exists(address) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(address)
+    finally:
+        child.kill()
+        child.communicate()
+
+
+def test_unshut_manager_is_shut_down_at_exit(managers):
+    proc = h.run_python(
+        textwrap.dedent(
+            """
+            from shmkit.managers import SharedMemoryManager
+            smm = SharedMemoryManager()
+            smm.start()
+            print(smm.SharedMemory(64).name, smm._process.pid, flush=True)
+            """
+        )
+    )
+    assert proc.returncode == 0, h.describe(proc)
+    name, pid = proc.stdout.split()
+    assert not h.segment_exists(name)
+    assert proc.stderr == ""
+
+
+def test_initializer_runs_in_the_manager_process(managers, tmp_path):
+    marker = tmp_path / "pid"
+    with managers.SharedMemoryManager() as smm:
+        pass
+    smm = managers.SharedMemoryManager()
+    smm.start(_write_pid, (str(marker),))
+    try:
+        assert int(marker.read_text()) == smm._process.pid
+    finally:
+        smm.shutdown()
+    with pytest.raises(TypeError):
+        managers.SharedMemoryManager().start(initializer=5)
+
+
+def _write_pid(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
