@@ -14,7 +14,7 @@ reference/cpython-shared-memory.md §5.
     python tests/conformance/run_cpython.py --list all
 
 Positional arguments select tests: group names (see GROUPS; default
-``shared_memory`` and ``shareable_list``), test method names, or
+``shared_memory``, ``shareable_list`` and ``manager``), test method names, or
 ``Class.method``. Tests that this Python's test suite does not have (3.11
 spells ``..._cration``, 3.13 ``..._creation``) are left out of a group with
 a note. Exits 0 only if at least one test ran and none failed.
@@ -45,6 +45,16 @@ sys.modules["multiprocessing.shared_memory"] = _impl
 multiprocessing.shared_memory = _impl
 # SharedMemoryManager.SharedMemory/ShareableList look this global up.
 multiprocessing.managers.shared_memory = _impl
+# The manager tests use multiprocessing.managers.SharedMemoryManager: an
+# implementation package with a managers module (shmkit.managers) replaces it.
+_pkg = IMPL_NAME.rpartition(".")[0]
+if _pkg and _pkg != "multiprocessing":
+    try:
+        _managers = importlib.import_module(f"{_pkg}.managers")
+    except ImportError:
+        pass
+    else:
+        multiprocessing.managers.SharedMemoryManager = _managers.SharedMemoryManager
 
 try:
     import test._test_multiprocessing as _tm  # noqa: E402
@@ -85,9 +95,16 @@ SHAREABLE_LIST_TESTS = (
 # manager's reuses_resource_tracker): they start fresh interpreters that import
 # multiprocessing.shared_memory by name, so they test the stdlib unless a .pth
 # hook swaps the module in those interpreters too (spec §5, point 3).
+# In the default selection since shmkit has a SharedMemoryManager (patched
+# in above as multiprocessing.managers.SharedMemoryManager).
 MANAGER_TESTS = (
     "test_shared_memory_SharedMemoryManager_basics",
     "test_shared_memory_SharedMemoryServer_ignores_sigint",
+)
+# Not in the default selection: it runs `python -c "from
+# multiprocessing.managers import SharedMemoryManager ..."` in a fresh
+# interpreter, so it passes while testing the stdlib, not shmkit.
+MANAGER_SUBPROCESS_TESTS = (
     "test_shared_memory_SharedMemoryManager_reuses_resource_tracker",
 )
 TRACKER_TESTS = (
@@ -106,11 +123,14 @@ GROUPS = {
     "shared_memory": SHARED_MEMORY_TESTS,
     "shareable_list": SHAREABLE_LIST_TESTS,
     "manager": MANAGER_TESTS,
+    "manager_subprocess": MANAGER_SUBPROCESS_TESTS,
     "tracker": TRACKER_TESTS,
 }
-GROUPS["all"] = tuple(t for g in ("shared_memory", "shareable_list", "manager", "tracker") for t in GROUPS[g])
+GROUPS["all"] = tuple(
+    t for g in ("shared_memory", "shareable_list", "manager", "manager_subprocess", "tracker") for t in GROUPS[g]
+)
 
-DEFAULT_GROUPS = ("shared_memory", "shareable_list")
+DEFAULT_GROUPS = ("shared_memory", "shareable_list", "manager")
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
