@@ -873,3 +873,12 @@ else:
 
     def test_round_trip_property():
         pytest.skip("hypothesis is not installed")
+
+
+@pytest.mark.shmkit_only
+def test_a_generator_is_consumed_once(new_shmkit):
+    """The stdlib walks the sequence twice, so a generator fails with
+    struct.error after its segment exists (and leaks); shmkit reads it once."""
+    sl = new_shmkit(x * 2 for x in range(5))
+    assert list(sl) == [0, 2, 4, 6, 8]
+    assert sl.format == "qqqqq"
