@@ -1,4 +1,5 @@
-//! `shmkit`: see and decode POSIX shared memory on this machine.
+//! `shmkit`: see and decode POSIX shared memory on this machine, and serve
+//! a shared memory manager.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,12 +8,13 @@ use clap::{Parser, Subcommand};
 use shmkit::SharedMemory;
 
 mod hexdump;
+mod serve;
 
 #[derive(Parser)]
 #[command(
     name = "shmkit",
     version,
-    about = "See and decode POSIX shared memory segments"
+    about = "See and decode POSIX shared memory segments, and serve a shared memory manager"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +34,29 @@ enum Command {
         #[arg(long)]
         length: Option<usize>,
     },
+    /// Run a standalone shared memory manager, wire-compatible with Python's
+    /// multiprocessing.managers.SharedMemoryManager, until SIGTERM, SIGINT or
+    /// a `shutdown` request; it unlinks every segment it tracks when it stops.
+    ///
+    /// Prints `address:`, `python-address:` (as Python spells it) and
+    /// `authkey-file:` lines on stdout, and logs one line per connection on
+    /// stderr. A Python client connects with
+    /// `SharedMemoryManager(address, open(authkey_file, 'rb').read()).connect()`.
+    Serve {
+        /// Where to listen: `HOST:PORT` (TCP), `@NAME` (abstract Unix
+        /// socket), or a Unix socket path (made with mode 0600). Default: a
+        /// socket `listener` in a new private directory (mode 0700)
+        /// `$TMPDIR/shmkit-serve-XXXXXXXX`.
+        #[arg(long)]
+        address: Option<String>,
+        /// The file holding the authentication key (its bytes, exactly). If
+        /// it does not exist, 32 random bytes are written to it (mode 0600).
+        /// Default: a new random key in the file `authkey` of a new private
+        /// directory (mode 0700) `$TMPDIR/shmkit-serve-XXXXXXXX`, removed
+        /// when the server stops.
+        #[arg(long)]
+        authkey_file: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +67,13 @@ fn main() -> ExitCode {
             offset,
             length,
         } => show(&name, offset, length),
+        Command::Serve {
+            address,
+            authkey_file,
+        } => serve::run(serve::Args {
+            address,
+            authkey_file,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

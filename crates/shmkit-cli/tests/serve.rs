@@ -1,0 +1,241 @@
+//! `shmkit serve` with real stdlib clients (CPython 3.13, else 3.11): they
+//! create segments through it, and every way of stopping it unlinks them.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+/// A CPython with the stdlib, or `None` (the test then says so and passes).
+fn python() -> Option<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/find-python");
+    for version in ["3.13", "3.11"] {
+        if let Ok(out) = Command::new(&script).arg(version).output() {
+            if out.status.success() {
+                return Some(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+            }
+        }
+    }
+    eprintln!("no CPython 3.11 or 3.13 found: skipping");
+    None
+}
+
+struct Serve {
+    child: Child,
+    address: String,
+    authkey_file: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shmkit"))
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run shmkit serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut address, mut authkey_file) = (None, None);
+        while address.is_none() || authkey_file.is_none() {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "serve exited early"
+            );
+            let line = line.trim_end();
+            if let Some(a) = line.strip_prefix("python-address: ") {
+                address = Some(a.to_owned());
+            } else if let Some(k) = line.strip_prefix("authkey-file: ") {
+                authkey_file = Some(PathBuf::from(k));
+            }
+        }
+        Serve {
+            child,
+            address: address.unwrap(),
+            authkey_file: authkey_file.unwrap(),
+            _stdout: stdout,
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32).unwrap();
+        kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits (at most 5 s) for the exit; returns its success and stderr.
+    fn wait(mut self) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), err)
+    }
+
+    /// Runs `code` in the stdlib Python with `address` and `key` defined;
+    /// returns its stdout's words.
+    fn client(&self, python: &str, code: &str) -> Vec<String> {
+        let prelude = format!(
+            "from multiprocessing import resource_tracker, connection\n\
+             from multiprocessing.managers import SharedMemoryManager, dispatch\n\
+             address = {}\nkey = open({:?}, 'rb').read()\n",
+            self.address,
+            self.authkey_file.display().to_string()
+        );
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(prelude + code)
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a SharedMemory and a ShareableList through the manager, hands
+/// them over (unregistering them from its own resource tracker), prints
+/// their names.
+const CREATE: &str = "\
+smm = SharedMemoryManager(address, key)
+smm.connect()
+shm = smm.SharedMemory(4096)
+sl = smm.ShareableList([1, 'two', None])
+for s in (shm, sl.shm):
+    resource_tracker.unregister(s._name, 'shared_memory')
+    print(s.name)
+";
+
+fn gone(names: &[String]) -> bool {
+    names.iter().all(|n| !shmkit::exists(n))
+}
+
+#[test]
+fn sigterm_unlinks_and_the_log_has_a_line_per_connection() {
+    let Some(python) = python() else { return };
+    let serve = Serve::start(&[]);
+    let socket = PathBuf::from(serve.address.trim_matches('\''));
+    let dir = socket.parent().unwrap().to_owned();
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(&serve.authkey_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let names = serve.client(&python, CREATE);
+    assert_eq!(names.len(), 2);
+    assert!(names.iter().all(|n| shmkit::exists(n)));
+    // A wrong key is refused, and logged.
+    let refused = serve.client(
+        &python,
+        "try:\n    SharedMemoryManager(address, b'wrong').connect()\n\
+         except Exception as e:\n    print(type(e).__name__)\n",
+    );
+    assert_eq!(refused, ["AuthenticationError"]);
+
+    serve.signal(Signal::TERM);
+    let (ok, log) = serve.wait();
+    assert!(ok, "{log}");
+    assert!(gone(&names), "{names:?}");
+    assert!(!dir.exists(), "the private directory is removed");
+    assert!(log.contains("function=dummy outcome=ok"), "{log}");
+    assert!(log.contains("function=track_segment outcome=ok"), "{log}");
+    assert!(log.contains("outcome=authentication failed"), "{log}");
+    assert!(log.contains("peer=pid="), "{log}");
+}
+
+#[test]
+fn a_shutdown_request_stops_it_and_the_key_file_is_used() {
+    let Some(python) = python() else { return };
+    let dir = std::env::temp_dir().join(format!("shmkit-serve-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, b"a key of our own").unwrap();
+    let socket = dir.join("sock");
+    let serve = Serve::start(&[
+        "--address",
+        socket.to_str().unwrap(),
+        "--authkey-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(serve.authkey_file, key);
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let names = serve.client(&python, CREATE);
+    let listed = serve.client(
+        &python,
+        "with connection.Client(address, authkey=key) as c:\n\
+         \x20   print(*dispatch(c, None, 'list_segments'))\n\
+         with connection.Client(address, authkey=key) as c:\n\
+         \x20   dispatch(c, None, 'shutdown')\n",
+    );
+    assert_eq!(listed, names);
+    let (ok, log) = serve.wait();
+    assert!(ok, "{log}");
+    assert!(log.contains("function=shutdown outcome=ok"), "{log}");
+    assert!(gone(&names));
+    assert!(!socket.exists());
+    assert_eq!(std::fs::read(&key).unwrap(), b"a key of our own");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sigint_unlinks_too_and_tcp_works() {
+    let Some(python) = python() else { return };
+    let serve = Serve::start(&["--address", "127.0.0.1:0"]);
+    assert!(
+        serve.address.starts_with("('127.0.0.1', "),
+        "{}",
+        serve.address
+    );
+    let names = serve.client(&python, CREATE);
+    assert!(names.iter().all(|n| shmkit::exists(n)));
+    serve.signal(Signal::INT);
+    let (ok, log) = serve.wait();
+    assert!(ok, "{log}");
+    assert!(gone(&names));
+}
