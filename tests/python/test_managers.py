@@ -300,3 +300,39 @@ def test_initializer_runs_in_the_manager_process(managers, tmp_path):
 def _write_pid(path):
     with open(path, "w") as f:
         f.write(str(os.getpid()))
+
+
+def test_a_burst_is_tracked_in_order_and_all_unlinked(managers):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    made = [smm.SharedMemory(16) for _ in range(300)]
+    names = [m.name for m in made]
+    for m in made:
+        m.close()
+    assert smm.list_segments() == names
+    more = [smm.SharedMemory(16) for _ in range(300)]
+    for m in more:
+        m.close()
+    smm.shutdown()  # without waiting for the tracking to catch up
+    assert not any(h.segment_exists(n) for n in names + [m.name for m in more])
+
+
+def test_segments_made_while_the_server_stops_are_unlinked(managers):
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    smm.SharedMemory(16).close()
+    # Someone else (a stdlib client, say) shuts the server down, while this
+    # process goes on making segments: none may survive.
+    smm._client.shutdown()
+    made = []
+    for _ in range(200):
+        try:
+            shm = smm.SharedMemory(16)
+        except OSError:
+            continue
+        made.append(shm.name)
+        shm.close()
+    smm._process.join(5)
+    assert smm._process.exitcode == 0
+    assert not [n for n in made if h.segment_exists(n)]
+    smm.shutdown()

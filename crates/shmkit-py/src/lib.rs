@@ -70,6 +70,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manager::manager_child_settings, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_child_address, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_serve_child, m)?)?;
+    m.add_function(wrap_pyfunction!(manager::manager_serve_child_relay, m)?)?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;

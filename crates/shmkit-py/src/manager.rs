@@ -316,6 +316,90 @@ fn strerror(errno: i32) -> String {
     }
 }
 
+/// [`manager_serve_child`], with a tracking channel beside the server: the
+/// socket at `relay_fd` (which the caller hands over: it is closed when this
+/// returns) carries, from the parent, first the report line with the
+/// server's address, then one segment name per line, which a thread tracks
+/// with the server; an empty line is answered `.` once every name before it
+/// is tracked. The parent so never waits for a connection per segment.
+/// Names still in the channel when the server stops are unlinked directly:
+/// a segment never outlives both the parent and the manager.
+#[pyfunction]
+pub(crate) fn manager_serve_child_relay(
+    py: Python<'_>,
+    relay_fd: i32,
+    authkey: Vec<u8>,
+) -> PyResult<()> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    if relay_fd < 3 {
+        return Err(PyValueError::new_err(
+            "relay_fd must be a descriptor above stderr",
+        ));
+    }
+    // SAFETY: the caller (shmkit.managers, in the freshly forked manager
+    // process) dup2()ed the channel to `relay_fd` for this call alone and
+    // never uses that number again; this is its only owner from here on.
+    let sock = unsafe { UnixStream::from_raw_fd(relay_fd) };
+    let stopped = Arc::new(AtomicBool::new(false));
+    let reader = sock.try_clone().map_err(PyErr::from)?;
+    let flag = Arc::clone(&stopped);
+    let relay = std::thread::Builder::new()
+        .name("shmkit-manager-relay".into())
+        .spawn(move || relay(reader, &authkey, &flag))
+        .map_err(PyErr::from)?;
+    let served = py.detach(shmkit::manager::serve_child);
+    // The server has unlinked what it tracked: refuse new names (the
+    // parent's sends now fail) and unlink those already sent.
+    stopped.store(true, Ordering::SeqCst);
+    let _ = sock.shutdown(std::net::Shutdown::Read);
+    py.detach(|| relay.join()).ok();
+    served.map_err(|e| manager_err(py, e))
+}
+
+fn relay(
+    sock: std::os::unix::net::UnixStream,
+    authkey: &[u8],
+    stopped: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+
+    let mut reader = BufReader::new(&sock);
+    let mut client: Option<Client> = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(n) if n > 0 && line.ends_with(b"\n") => {}
+            _ => break,
+        }
+        line.pop();
+        let Some(c) = &client else {
+            let address = after(&line, READY)
+                .and_then(unhex)
+                .and_then(|b| pickle::loads(&b).ok())
+                .and_then(|v| Address::from_py(&v).ok());
+            match address {
+                Some(a) => client = Some(Client::new(a, authkey)),
+                None => break,
+            }
+            continue;
+        };
+        if line.is_empty() {
+            let _ = (&sock).write_all(b".");
+            continue;
+        }
+        let name = String::from_utf8_lossy(&line);
+        if stopped.load(Ordering::SeqCst) || c.track_segment(&name).is_err() {
+            let _ = shmkit::unlink(&name);
+        }
+    }
+}
+
 fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
     line.windows(marker.len())
         .position(|w| w == marker)
