@@ -336,3 +336,29 @@ def test_segments_made_while_the_server_stops_are_unlinked(managers):
     assert smm._process.exitcode == 0
     assert not [n for n in made if h.segment_exists(n)]
     smm.shutdown()
+
+
+def test_parent_sigkill_right_after_a_burst_leaks_nothing(managers, tmp_path):
+    """Names still waiting in the tracking channel when the parent dies are
+    unlinked by the manager process too."""
+    out = tmp_path / "names"
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from shmkit.managers import SharedMemoryManager
+        smm = SharedMemoryManager()
+        smm.start()
+        names = []
+        for _ in range(300):
+            shm = smm.SharedMemory(64)
+            names.append(shm.name)
+        with open({str(out)!r}, "w") as f:
+            f.write(" ".join(names))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = h.run_python(code)
+    assert proc.returncode == -signal.SIGKILL, h.describe(proc)
+    names = out.read_text().split()
+    assert len(names) == 300
+    assert wait_gone(names, 2.0), [n for n in names if h.segment_exists(n)][:5]
