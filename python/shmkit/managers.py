@@ -282,9 +282,15 @@ class SharedMemoryManager:
         its process, and terminates it if it lingers."""
         if proc.is_alive():
             try:
-                client.shutdown()
-            except Exception:
-                pass
+                # Through the tracking channel, behind the names sent before:
+                # the manager process unlinks those still waiting there, then
+                # shuts its server down.
+                relay.sendall(b"!\n")
+            except OSError:
+                try:
+                    client.shutdown()
+                except Exception:
+                    pass
             proc.join(timeout=shutdown_timeout)
             if proc.is_alive():
                 proc.terminate()  # the server unlinks on SIGTERM too

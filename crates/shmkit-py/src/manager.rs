@@ -365,19 +365,26 @@ fn relay(
     authkey: &[u8],
     stopped: &std::sync::atomic::AtomicBool,
 ) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::collections::VecDeque;
+    use std::io::Write;
     use std::sync::atomic::Ordering;
 
-    let mut reader = BufReader::new(&sock);
+    let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut partial = Vec::new();
+    let mut eof = false;
     let mut client: Option<Client> = None;
-    let mut line = Vec::new();
+    let mut server_gone = false;
+    // A shutdown waits in the queue.
+    let mut shutting = false;
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(n) if n > 0 && line.ends_with(b"\n") => {}
-            _ => break,
+        if queue.is_empty() {
+            if eof {
+                break;
+            }
+            eof = fill(&sock, true, &mut partial, &mut queue);
+            continue;
         }
-        line.pop();
+        let line = queue.pop_front().expect("not empty");
         let Some(c) = &client else {
             let address = after(&line, READY)
                 .and_then(unhex)
@@ -389,14 +396,102 @@ fn relay(
             }
             continue;
         };
-        if line.is_empty() {
-            let _ = (&sock).write_all(b".");
-            continue;
+        match line.as_slice() {
+            b"" => {
+                let _ = (&sock).write_all(b".");
+            }
+            b"!" => {
+                // The parent's shutdown: the names before it were tracked or
+                // unlinked already (see below); the server unlinks the rest.
+                if !server_gone {
+                    let _ = c.shutdown();
+                }
+                server_gone = true;
+                shutting = false;
+            }
+            name => {
+                let name = String::from_utf8_lossy(name);
+                // Before a connection, a look at what else came: behind a
+                // shutdown, a name is unlinked here rather than tracked only
+                // to be unlinked.
+                if !shutting && !server_gone && !eof {
+                    eof = fill(&sock, false, &mut partial, &mut queue);
+                    shutting = queue.iter().any(|l| l.as_slice() == b"!");
+                }
+                if shutting || server_gone || stopped.load(Ordering::SeqCst) {
+                    let _ = shmkit::unlink(&name);
+                } else if let Err(e) = c.track_segment(&name) {
+                    // Not tracked: unlinked, so that it cannot leak. Once the
+                    // server says it is stopping (or is gone), the rest of
+                    // the backlog is unlinked without asking it.
+                    server_gone = is_gone(&e);
+                    let _ = shmkit::unlink(&name);
+                }
+            }
         }
-        let name = String::from_utf8_lossy(&line);
-        if stopped.load(Ordering::SeqCst) || c.track_segment(&name).is_err() {
-            let _ = shmkit::unlink(&name);
+    }
+    // A last name cut short by the parent's death cannot be known.
+    drop(partial);
+}
+
+/// Reads what the channel holds (waiting for something first if `block`)
+/// and queues its complete lines; true at end of file.
+fn fill(
+    sock: &std::os::unix::net::UnixStream,
+    block: bool,
+    partial: &mut Vec<u8>,
+    queue: &mut std::collections::VecDeque<Vec<u8>>,
+) -> bool {
+    use std::io::Read;
+
+    let mut buf = [0u8; 16 << 10];
+    let mut eof = false;
+    let mut first = true;
+    loop {
+        if sock.set_nonblocking(!(block && first)).is_err() {
+            eof = true;
+            break;
         }
+        match (&*sock).read(&mut buf) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => partial.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                eof = true;
+                break;
+            }
+        }
+        first = false;
+    }
+    let _ = sock.set_nonblocking(false);
+    let mut start = 0;
+    while let Some(at) = partial[start..].iter().position(|&b| b == b'\n') {
+        queue.push_back(partial[start..start + at].to_vec());
+        start += at + 1;
+    }
+    partial.drain(..start);
+    eof
+}
+
+/// Whether a failed request means the server stopped (or is stopping).
+fn is_gone(e: &shmkit::Error) -> bool {
+    match e {
+        shmkit::Error::Manager(ManagerError::Remote { traceback }) => {
+            traceback.contains("shutting down")
+        }
+        shmkit::Error::Manager(ManagerError::Eof | ManagerError::Truncated) => true,
+        shmkit::Error::Manager(ManagerError::Io { source, .. }) => matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
 
