@@ -6,8 +6,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import managers, shared_memory
-from .managers import SharedMemoryManager
+from . import shared_memory
 from .shared_memory import ShareableList, SharedMemory
 
 try:
@@ -23,3 +22,13 @@ __all__ = [
     "shared_memory",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # shmkit.managers imports multiprocessing's machinery: only on first use.
+    if name in ("managers", "SharedMemoryManager"):
+        import importlib
+
+        managers = importlib.import_module(".managers", __name__)
+        return managers if name == "managers" else managers.SharedMemoryManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

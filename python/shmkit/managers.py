@@ -346,11 +346,11 @@ class SharedMemoryManager:
     def _track(self, client, segment, shm):
         relay = self._relay
         try:
-            if relay is not None:
+            if relay is not None and "\n" not in shm.name:
                 # Our own manager process: it tracks the name asynchronously,
                 # and unlinks it if the server is gone by then.
                 try:
-                    relay.sendall(shm.name.encode("utf-8", "surrogateescape") + b"\n")
+                    relay.sendall(b"+" + shm.name.encode("utf-8", "surrogateescape") + b"\n")
                     return segment
                 except OSError:
                     pass  # the manager process is stopping: ask the server
@@ -375,7 +375,9 @@ class SharedMemoryManager:
         """A new ``shmkit.shared_memory.SharedMemory`` of ``size`` bytes (named
         ``name`` if given) that the server unlinks when it shuts down."""
         client = self._get_client()
-        shm = shared_memory.SharedMemory(name, create=True, size=size)
+        # The manager is responsible for the segment from now on, not this
+        # process's leak tracker (which would find it gone at exit).
+        shm = shared_memory.SharedMemory(name, create=True, size=size, track=False)
         return self._track(client, shm, shm)
 
     def ShareableList(self, sequence, name=None):

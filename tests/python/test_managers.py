@@ -362,3 +362,24 @@ def test_parent_sigkill_right_after_a_burst_leaks_nothing(managers, tmp_path):
     names = out.read_text().split()
     assert len(names) == 300
     assert wait_gone(names, 2.0), [n for n in names if h.segment_exists(n)][:5]
+
+
+def test_names_with_a_newline_are_tracked_exactly(managers, segments):
+    # The tracking channel is line-based: such a name goes the slow way.
+    odd = segments.name("nl") + "\n" + "x"
+    plain = segments.name("bang") + "!"
+    with managers.SharedMemoryManager() as smm:
+        a = smm.SharedMemory(16, name=odd)
+        b = smm.SharedMemory(16, name=plain)
+        assert sorted(smm.list_segments()) == sorted([odd, plain])
+        a.close()
+        b.close()
+    assert not h.segment_exists(odd) and not h.segment_exists(plain)
+
+
+def test_import_shmkit_does_not_import_the_manager():
+    proc = h.run_python(
+        "import sys, shmkit; assert 'shmkit.managers' not in sys.modules; "
+        "assert shmkit.SharedMemoryManager is sys.modules['shmkit.managers'].SharedMemoryManager"
+    )
+    assert proc.returncode == 0, h.describe(proc)

@@ -319,9 +319,9 @@ fn strerror(errno: i32) -> String {
 /// [`manager_serve_child`], with a tracking channel beside the server: the
 /// socket at `relay_fd` (which the caller hands over: it is closed when this
 /// returns) carries, from the parent, first the report line with the
-/// server's address, then one segment name per line, which a thread tracks
-/// with the server; an empty line is answered `.` once every name before it
-/// is tracked. The parent so never waits for a connection per segment.
+/// server's address, then lines `+NAME` (a segment to track with the
+/// server, by a thread), `!` (shut the server down) and `` (answered `.` once
+/// every line before it is handled). The parent so never waits for a connection per segment.
 /// Names still in the channel when the server stops are unlinked directly:
 /// a segment never outlives both the parent and the manager.
 #[pyfunction]
@@ -409,7 +409,7 @@ fn relay(
                 server_gone = true;
                 shutting = false;
             }
-            name => {
+            [b'+', name @ ..] => {
                 let name = String::from_utf8_lossy(name);
                 // Before a connection, a look at what else came: behind a
                 // shutdown, a name is unlinked here rather than tracked only
@@ -428,6 +428,8 @@ fn relay(
                     let _ = shmkit::unlink(&name);
                 }
             }
+            // Nothing else is ever sent.
+            _ => {}
         }
     }
     // A last name cut short by the parent's death cannot be known.
