@@ -147,7 +147,23 @@ pub(crate) fn open_core(
     mode: u32,
     reserve: bool,
 ) -> Result<SharedMemory, Error> {
-    let opts = Options::new().mode(mode).reserve(reserve);
+    open_core_tracked(py, name, create, exclusive, size, mode, reserve, false)
+}
+
+/// [`open_core`], registering the segment with this process's leak tracker
+/// when `track` is set (Python's `track=True`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open_core_tracked(
+    py: Python<'_>,
+    name: &str,
+    create: bool,
+    exclusive: bool,
+    size: Option<usize>,
+    mode: u32,
+    reserve: bool,
+    track: bool,
+) -> Result<SharedMemory, Error> {
+    let opts = Options::new().mode(mode).reserve(reserve).track(track);
     let open = || match (create, exclusive, size) {
         (true, true, Some(size)) => opts.create_named(name, size),
         (true, _, size) => opts.open_or_create(name, size),

@@ -15,7 +15,7 @@ use rustix::fs::OFlags;
 use shmkit::Error;
 
 use crate::errors::to_pyerr;
-use crate::segment::{open_core, Segment};
+use crate::segment::{open_core_tracked, Segment};
 use crate::shared_memory_module;
 
 // The platform's open(2) flags, as Python's `os.O_*` has them.
@@ -121,7 +121,16 @@ impl SharedMemoryBase {
                 loop {
                     let candidate = module.getattr(intern!(py, "_make_filename"))?.call0()?;
                     let text = candidate.cast::<PyString>()?.to_str()?;
-                    match open_core(py, text, want_create, exclusive, want_size, mode, true) {
+                    match open_core_tracked(
+                        py,
+                        text,
+                        want_create,
+                        exclusive,
+                        want_size,
+                        mode,
+                        true,
+                        track,
+                    ) {
                         Err(Error::AlreadyExists { .. }) => continue,
                         Err(e) => return Err(to_pyerr(e, text)),
                         Ok(shm) => break (Segment::new(shm), candidate),
@@ -145,8 +154,17 @@ impl SharedMemoryBase {
                     name.clone()
                 };
                 let text = full.cast::<PyString>()?.to_str()?;
-                let shm = open_core(py, text, want_create, exclusive, want_size, mode, true)
-                    .map_err(|e| to_pyerr(e, text))?;
+                let shm = open_core_tracked(
+                    py,
+                    text,
+                    want_create,
+                    exclusive,
+                    want_size,
+                    mode,
+                    true,
+                    track,
+                )
+                .map_err(|e| to_pyerr(e, text))?;
                 (Segment::new(shm), full)
             }
         };
@@ -236,7 +254,9 @@ impl SharedMemoryBase {
     }
 
     /// Requests that the block be destroyed once every process has closed
-    /// it. Call it once, from one process.
+    /// it. Call it once, from one process. With `track=True` the leak
+    /// tracker forgets the block (only once the unlink succeeded, so a
+    /// second call raises FileNotFoundError and nothing else).
     fn unlink(&self, py: Python<'_>) -> PyResult<()> {
         let Some(name) = &self._name else {
             return Ok(());
@@ -245,7 +265,11 @@ impl SharedMemoryBase {
         if name.is_empty() {
             return Ok(());
         }
-        shmkit::unlink(name).map_err(|e| to_pyerr(e, name))
+        shmkit::unlink(name).map_err(|e| to_pyerr(e, name))?;
+        if self._track {
+            shmkit::tracker::unregister(name);
+        }
+        Ok(())
     }
 
     #[classattr]

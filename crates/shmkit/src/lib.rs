@@ -32,6 +32,7 @@ pub mod name;
 mod region;
 mod segment;
 mod sys;
+pub mod tracker;
 
 pub use error::{Error, NameProblem, Result};
 pub use list::ShareableList;

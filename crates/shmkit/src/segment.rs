@@ -68,6 +68,7 @@ impl std::ops::BitOr for RenameFlags {
 pub struct Options {
     mode: u32,
     reserve: bool,
+    track: bool,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
         Options {
             mode: 0o600,
             reserve: true,
+            track: false,
         }
     }
 }
@@ -102,6 +104,23 @@ impl Options {
     /// for large segments that will stay sparse.
     pub fn reserve(mut self, reserve: bool) -> Self {
         self.reserve = reserve;
+        self
+    }
+
+    /// Whether this process's leak tracker (see [`crate::tracker`]) unlinks
+    /// the segment once every process that created or attached it with
+    /// tracking has exited, if nobody unlinked it and nobody still has it
+    /// open. Off by default in Rust; Python's `track=True` (its default)
+    /// turns it on. [`SharedMemory::unlink`] stops the tracking.
+    ///
+    /// ```
+    /// use shmkit::Options;
+    /// let shm = Options::new().track(true).create(64)?;
+    /// shm.unlink()?; // no longer tracked
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn track(mut self, track: bool) -> Self {
+        self.track = track;
         self
     }
 
@@ -153,11 +172,18 @@ impl Options {
             .map_err(|e| Error::from_errno("open", bare, e))?;
         let created = disposition == Disposition::CreateNew;
         match self.size_and_map(bare, &fd, disposition, size) {
-            Ok(region) => Ok(SharedMemory {
-                name: bare.to_owned(),
-                region,
-                fd,
-            }),
+            Ok(region) => {
+                // Every handle marks the segment as in use, tracked or not,
+                // so no tracker unlinks it under us.
+                sys::hold(&fd);
+                let tracked = self.track && crate::tracker::register(bare);
+                Ok(SharedMemory {
+                    name: bare.to_owned(),
+                    region,
+                    fd,
+                    tracked,
+                })
+            }
             Err(err) => {
                 // Never leave a half-made segment behind (CPython leaks one
                 // here); an attach must not unlink what it did not create.
@@ -271,6 +297,8 @@ pub struct SharedMemory {
     name: String,
     region: Region,
     fd: OwnedFd,
+    /// Registered with this process's leak tracker.
+    tracked: bool,
 }
 
 impl SharedMemory {
@@ -334,7 +362,17 @@ impl SharedMemory {
     /// mapped keep it; the memory is freed when the last of them lets go.
     #[doc(alias = "shm_unlink")]
     pub fn unlink(&self) -> Result<()> {
-        unlink(&self.name)
+        unlink(&self.name)?;
+        if self.tracked {
+            crate::tracker::unregister(&self.name);
+        }
+        Ok(())
+    }
+
+    /// Whether this handle is registered with the leak tracker
+    /// ([`Options::track`]).
+    pub fn is_tracked(&self) -> bool {
+        self.tracked
     }
 
     /// Gives the segment another name, atomically.
@@ -355,7 +393,12 @@ impl SharedMemory {
     /// ```
     pub fn rename(&mut self, new_name: &str, flags: RenameFlags) -> Result<()> {
         rename(&self.name, new_name, flags)?;
-        self.name = name::validate(new_name)?.to_owned();
+        let new = name::validate(new_name)?.to_owned();
+        if self.tracked {
+            crate::tracker::unregister(&self.name);
+            self.tracked = crate::tracker::register(&new);
+        }
+        self.name = new;
         Ok(())
     }
 

@@ -94,6 +94,16 @@ pub(crate) fn fstat(fd: impl AsFd) -> Result<fs::Stat, Errno> {
     fs::fstat(fd)
 }
 
+/// Marks this open file as in use: `flock(LOCK_SH | LOCK_NB)` on the
+/// descriptor we already hold. The lock lives as long as the open file
+/// (descriptor or mapping) and the kernel drops it when the process dies,
+/// so a leak tracker's `LOCK_EX | LOCK_NB` probe tells a used segment from an
+/// abandoned one (see `crate::tracker`). Shared locks never block each
+/// other, and a failure (someone holds `LOCK_EX`) only loses the mark.
+pub(crate) fn hold(fd: impl AsFd) {
+    let _ = fs::flock(fd, fs::FlockOperation::NonBlockingLockShared);
+}
+
 /// `renameat2` inside `/dev/shm`.
 pub(crate) fn rename(old: &str, new: &str, exchange: bool, noreplace: bool) -> Result<(), Errno> {
     let mut flags = RenameFlags::empty();

@@ -1,0 +1,289 @@
+//! Leak tracking that works across unrelated processes.
+//!
+//! CPython's resource tracker unlinks every segment a process registered when
+//! that process exits, even when another process still uses it (gh-82300).
+//! shmkit's tracker asks the kernel instead:
+//!
+//! * every shmkit handle holds `flock(LOCK_SH)` on the descriptor it already
+//!   has (see [`crate::sys::hold`]). The lock lives as long as the open file
+//!   does, mapping included, and the kernel drops it when the process dies,
+//!   however it dies;
+//! * a *tracked* handle also writes its name into a table that this process
+//!   shares (`MAP_SHARED` anonymous memory, no syscall) with a small watcher
+//!   process, forked from this library the first time something is tracked;
+//! * the watcher blocks reading a pipe whose write end only this process (and
+//!   its fork children) hold. End of file means they are all gone. It then
+//!   tries `flock(LOCK_EX | LOCK_NB)` on a fresh descriptor of each name
+//!   still in the table: success means no live process has the segment open,
+//!   so it is unlinked, with CPython's warning on stderr; failure means
+//!   someone still uses it, and it is left alone.
+//!
+//! [`crate::Options::track`] turns it on in Rust; Python's `track=True` (the
+//! default) uses it.
+
+mod watcher;
+
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use rustix::io::Errno;
+use rustix::process::Pid;
+
+/// Slots in the shared table: one per tracked name alive in this process
+/// tree. Pages are touched only where names land, so the 4 MiB reservation
+/// costs little.
+const SLOTS: usize = 1 << 14;
+/// A slot: state (4 bytes), name length (4), name (up to 255 bytes + pad).
+const SLOT_SIZE: usize = 8 + 256;
+/// The first page holds a bitmap of the pages where slots were ever
+/// used, so the watcher's final scan touches only those (it races a parent
+/// that checks for the segment the moment its child is gone).
+const HEADER: usize = 4096;
+const PAGE: usize = 4096;
+const PAGES: usize = (SLOTS * SLOT_SIZE).div_ceil(PAGE);
+const TABLE_SIZE: usize = HEADER + SLOTS * SLOT_SIZE;
+
+/// Never used: a lookup may stop here.
+const EMPTY: u32 = 0;
+/// Claimed, name being written.
+const WRITING: u32 = 1;
+/// Holds a registered name.
+const VALID: u32 = 2;
+/// Was used; free for a new name, but lookups go on past it.
+const DELETED: u32 = 3;
+
+/// The table shared by this process, its fork children and the watcher.
+#[derive(Clone, Copy)]
+struct Table(NonNull<u8>);
+
+// SAFETY: the table is plain shared memory whose slots are claimed with
+// atomic compare-and-swap; nothing in it is tied to a thread.
+unsafe impl Send for Table {}
+unsafe impl Sync for Table {}
+
+impl Table {
+    fn new() -> Result<Table, Errno> {
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a fresh anonymous mapping overlaps nothing Rust knows of.
+        let ptr = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                TABLE_SIZE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::NORESERVE,
+            )?
+        };
+        NonNull::new(ptr.cast::<u8>())
+            .map(Table)
+            .ok_or(Errno::NOMEM)
+    }
+
+    fn slot(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < SLOTS, so the slot is inside the mapping.
+        unsafe { self.0.as_ptr().add(HEADER + i * SLOT_SIZE) }
+    }
+
+    fn state(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: the slot is inside the mapping, which lives for the rest
+        // of the process; slots are 4-byte aligned.
+        unsafe { &*(self.slot(i).cast::<AtomicU32>()) }
+    }
+
+    /// Word `w` of the used-pages bitmap.
+    fn used_word(&self, w: usize) -> &AtomicU64 {
+        // SAFETY: PAGES / 64 words fit the header page; 8-byte aligned.
+        unsafe { &*(self.0.as_ptr().cast::<AtomicU64>().add(w)) }
+    }
+
+    fn mark_used(&self, i: usize) {
+        let page = i * SLOT_SIZE / PAGE;
+        self.used_word(page / 64)
+            .fetch_or(1 << (page % 64), Ordering::Release);
+    }
+
+    /// Every slot that may ever have been used, in order.
+    fn used_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..PAGES)
+            .filter(move |&p| self.used_word(p / 64).load(Ordering::Acquire) & (1 << (p % 64)) != 0)
+            .flat_map(|p| {
+                let first = (p * PAGE).div_ceil(SLOT_SIZE);
+                let end = ((p + 1) * PAGE).div_ceil(SLOT_SIZE).min(SLOTS);
+                first..end
+            })
+    }
+
+    /// The name in slot `i` (only meaningful while its state is `VALID`).
+    fn name(&self, i: usize) -> &[u8] {
+        // SAFETY: as in `state`; the length word is written before the state
+        // is published as VALID and never exceeds 255.
+        unsafe {
+            let base = self.slot(i);
+            let len = (*(base.add(4).cast::<AtomicU32>())).load(Ordering::Relaxed) as usize;
+            std::slice::from_raw_parts(base.add(8), len.min(255))
+        }
+    }
+
+    fn write_name(&self, i: usize, name: &[u8]) {
+        // SAFETY: the caller claimed slot i (state WRITING), so nobody else
+        // writes it; name.len() <= 255 fits.
+        unsafe {
+            let base = self.slot(i);
+            (*(base.add(4).cast::<AtomicU32>())).store(name.len() as u32, Ordering::Relaxed);
+            std::ptr::copy_nonoverlapping(name.as_ptr(), base.add(8), name.len());
+        }
+    }
+
+    fn start(name: &[u8]) -> usize {
+        // FNV-1a.
+        let mut h: u32 = 0x811c_9dc5;
+        for &b in name {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h as usize & (SLOTS - 1)
+    }
+
+    fn insert(&self, name: &[u8]) -> bool {
+        let start = Self::start(name);
+        for k in 0..SLOTS {
+            let i = (start + k) & (SLOTS - 1);
+            let state = self.state(i);
+            let seen = state.load(Ordering::Relaxed);
+            if (seen == EMPTY || seen == DELETED)
+                && state
+                    .compare_exchange(seen, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.mark_used(i);
+                self.write_name(i, name);
+                state.store(VALID, Ordering::Release);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes every slot holding `name` (a set, as CPython's tracker keeps).
+    fn remove(&self, name: &[u8]) {
+        let start = Self::start(name);
+        for k in 0..SLOTS {
+            let i = (start + k) & (SLOTS - 1);
+            let state = self.state(i);
+            match state.load(Ordering::Acquire) {
+                EMPTY => return,
+                VALID if self.name(i) == name => {
+                    let _ =
+                        state.compare_exchange(VALID, DELETED, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// This process's side of the tracker.
+struct Tracker {
+    table: Table,
+    /// The watcher's pid.
+    watcher: AtomicI32,
+    /// The write end of the watcher's pipe; also serializes relaunches.
+    pipe: Mutex<Option<OwnedFd>>,
+}
+
+static TRACKER: OnceLock<Option<Tracker>> = OnceLock::new();
+
+fn tracker() -> Option<&'static Tracker> {
+    TRACKER
+        .get_or_init(|| {
+            let table = Table::new().ok()?;
+            let (pid, pipe) = watcher::launch(table).ok()?;
+            Some(Tracker {
+                table,
+                watcher: AtomicI32::new(pid.as_raw_nonzero().get()),
+                pipe: Mutex::new(Some(pipe)),
+            })
+        })
+        .as_ref()
+}
+
+impl Tracker {
+    /// Whether the watcher still runs. One syscall for the process that
+    /// forked it (`waitid` without reaping), two for its fork children.
+    fn watcher_alive(&self) -> bool {
+        use rustix::process::{test_kill_process, waitid, WaitId, WaitIdOptions};
+        let Some(pid) = Pid::from_raw(self.watcher.load(Ordering::Relaxed)) else {
+            return false;
+        };
+        let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+        match waitid(WaitId::Pid(pid), opts) {
+            Ok(Some(_)) => false,
+            Ok(None) => true,
+            // Not our child (we are a fork child of its parent), or reaped
+            // by someone else: ask whether the pid still exists.
+            Err(_) => !matches!(test_kill_process(pid), Err(Errno::SRCH)),
+        }
+    }
+
+    /// Starts a new watcher for the same table, so names registered so far
+    /// stay tracked, with the warning CPython gives in this case.
+    fn relaunch(&self) {
+        let Ok(mut pipe) = self.pipe.lock() else {
+            return;
+        };
+        if self.watcher_alive() {
+            return; // another thread relaunched it
+        }
+        if let Some(old) = Pid::from_raw(self.watcher.load(Ordering::Relaxed)) {
+            // Reap it if it is our zombie; harmless otherwise.
+            let _ = rustix::process::waitpid(Some(old), rustix::process::WaitOptions::NOHANG);
+        }
+        eprintln!(
+            "UserWarning: resource_tracker: process died unexpectedly, relaunching.  \
+             Some resources might leak."
+        );
+        match watcher::launch(self.table) {
+            Ok((pid, fd)) => {
+                self.watcher
+                    .store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
+                *pipe = Some(fd);
+            }
+            Err(_) => self.watcher.store(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Registers the validated (bare) `name` with this process's watcher,
+/// starting it if needed. Returns whether the name is now tracked.
+pub(crate) fn register(bare: &str) -> bool {
+    let Some(t) = tracker() else {
+        return false;
+    };
+    if !t.watcher_alive() {
+        t.relaunch();
+    }
+    t.table.insert(bare.as_bytes())
+}
+
+/// Stops tracking the segment `name` in this process (and its fork
+/// children), as a successful `unlink()` of a tracked handle does. Names
+/// never registered are ignored, silently.
+pub fn unregister(name: &str) {
+    let Ok(bare) = crate::name::validate(name) else {
+        return;
+    };
+    if let Some(Some(t)) = TRACKER.get() {
+        t.table.remove(bare.as_bytes());
+    }
+}
+
+/// The pid of this process's watcher, if one has been started.
+pub fn watcher_pid() -> Option<u32> {
+    match TRACKER.get() {
+        Some(Some(t)) => u32::try_from(t.watcher.load(Ordering::Relaxed))
+            .ok()
+            .filter(|&p| p != 0),
+        _ => None,
+    }
+}

@@ -1,0 +1,464 @@
+//! The watcher process: forked from the library, it lives on raw system
+//! calls only (rustix's `linux_raw` backend: no libc, no allocation, no
+//! locks), because the process it was forked from may have had other
+//! threads holding any lock at that moment.
+
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::fs::{self, FlockOperation, Mode, OFlags, CWD};
+use rustix::io::Errno;
+use rustix::process::Pid;
+
+use super::{Table, SLOTS, VALID};
+
+/// The sentinel: one page of a memfd on which this process holds
+/// `LOCK_EX`, mapped below every segment and with no descriptor left open.
+/// When a process dies, the kernel drops its mappings' files in reverse
+/// address order after its descriptors, so the sentinel's lock goes last:
+/// the watcher's blocking `LOCK_SH` returns once every segment file of the
+/// dead process (and of its fork children, which inherit the mapping) is
+/// released, before its parent's `wait()` returns.
+struct Sentinel {
+    fd: OwnedFd,
+    addr: usize,
+}
+
+fn sentinel() -> Option<Sentinel> {
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    let fd = fs::memfd_create(c"shmkit-tracker", fs::MemfdFlags::CLOEXEC).ok()?;
+    fs::ftruncate(&fd, 4096).ok()?;
+    fs::flock(&fd, FlockOperation::LockExclusive).ok()?;
+    // Low addresses, below the kernel's top-down mmap area.
+    for hint in [0x10_0000usize, 0x100_0000, 0x1000_0000, 0x10_0000_0000] {
+        // SAFETY: FIXED_NOREPLACE never replaces an existing mapping.
+        let got = unsafe {
+            mmap(
+                hint as *mut std::ffi::c_void,
+                4096,
+                ProtFlags::READ,
+                MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+                &fd,
+                0,
+            )
+        };
+        if let Ok(ptr) = got {
+            return Some(Sentinel {
+                fd,
+                addr: ptr as usize,
+            });
+        }
+    }
+    None
+}
+
+/// Forks a watcher for `table`; returns its pid and the pipe's write end,
+/// which this process must keep open for as long as it lives.
+pub(super) fn launch(table: Table) -> Result<(Pid, OwnedFd), Errno> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let parent = rustix::process::getpid();
+    let sentinel = sentinel();
+    let sentinel_fd = sentinel.as_ref().map_or(-1, |s| s.fd.as_raw_fd());
+    let sentinel_addr = sentinel.as_ref().map_or(0, |s| s.addr);
+    // SAFETY: the child calls only async-signal-safe functions (raw system
+    // calls through rustix's linux_raw backend, no allocator, no lock another
+    // thread may have held at the fork) and ends with `_exit`; see `run`.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EAGAIN),
+        )),
+        0 => run(read.as_raw_fd(), table, parent, sentinel_fd, sentinel_addr),
+        pid => {
+            drop(read);
+            // Only the mapping keeps the sentinel (and its lock) now.
+            drop(sentinel);
+            Pid::from_raw(pid).map(|p| (p, write)).ok_or(Errno::CHILD)
+        }
+    }
+}
+
+fn sleep_ms(ms: u64) {
+    let t = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: (ms * 1_000_000) as _,
+    };
+    let _ = rustix::event::poll(&mut [], Some(&t));
+}
+
+/// A message built on the stack and written to stderr in one `write`.
+struct Line {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Self {
+        Line {
+            buf: [0; 512],
+            len: 0,
+        }
+    }
+    fn push(&mut self, s: &[u8]) -> &mut Self {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+        self
+    }
+    fn num(&mut self, mut v: usize) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+        self
+    }
+    fn emit(&self) {
+        // SAFETY: fd 2 is kept open in the watcher (it is the only one).
+        let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+        let _ = rustix::io::write(stderr, &self.buf[..self.len]);
+    }
+}
+
+/// `/dev/shm/NAME\0` on the stack; None for a name that cannot be a segment.
+struct Path {
+    buf: [u8; 9 + 256 + 1],
+    len: usize,
+}
+
+impl Path {
+    fn new(name: &[u8]) -> Option<Path> {
+        if name.is_empty() || name.len() > 255 || name.contains(&0) || name.contains(&b'/') {
+            return None;
+        }
+        let mut buf = [0u8; 9 + 256 + 1];
+        buf[..9].copy_from_slice(b"/dev/shm/");
+        buf[9..9 + name.len()].copy_from_slice(name);
+        Some(Path {
+            buf,
+            len: 9 + name.len() + 1,
+        })
+    }
+    fn c_str(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[..self.len]).unwrap_or(c"/")
+    }
+}
+
+/// Closes every descriptor but stderr and `keep`: the watcher must not keep
+/// anyone's pipes open, nor, above all, the segments' open files (their
+/// locks would look like a live user).
+fn close_others(keep: RawFd, keep2: RawFd) {
+    let Ok(dir) = fs::openat(
+        CWD,
+        c"/proc/self/fd",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        for fd in 0..4096 {
+            if fd != 2 && fd != keep && fd != keep2 {
+                // SAFETY: nothing in the watcher uses these descriptors.
+                unsafe { rustix::io::close(fd) };
+            }
+        }
+        return;
+    };
+    let dir_fd = dir.as_raw_fd();
+    let mut space = [MaybeUninit::<u8>::uninit(); 4096];
+    // Closing while listing is fine on /proc/self/fd; list until a pass
+    // closes nothing new.
+    loop {
+        let mut closed = 0;
+        let _ = fs::seek(&dir, rustix::fs::SeekFrom::Start(0));
+        let mut entries = fs::RawDir::new(dir.as_fd(), &mut space);
+        while let Some(Ok(entry)) = entries.next() {
+            let mut fd: RawFd = 0;
+            let mut digits = 0;
+            for &b in entry.file_name().to_bytes() {
+                if b.is_ascii_digit() {
+                    fd = fd.saturating_mul(10).saturating_add(RawFd::from(b - b'0'));
+                    digits += 1;
+                } else {
+                    digits = 0;
+                    break;
+                }
+            }
+            if digits > 0 && fd != 2 && fd != keep && fd != keep2 && fd != dir_fd {
+                // SAFETY: as above.
+                unsafe { rustix::io::close(fd) };
+                closed += 1;
+            }
+        }
+        if closed == 0 {
+            break;
+        }
+    }
+}
+
+fn parse_hex(s: &[u8]) -> Option<usize> {
+    let mut v: usize = 0;
+    if s.is_empty() {
+        return None;
+    }
+    for &b in s {
+        let d = (b as char).to_digit(16)?;
+        v = v.checked_mul(16)?.checked_add(d as usize)?;
+    }
+    Some(v)
+}
+
+/// Unmaps every mapping of a file in `/dev/shm` inherited from the parent:
+/// a mapping keeps its open file alive, and with it the parent's
+/// `LOCK_SH`, which would make every segment look used forever.
+fn unmap_segments() {
+    const NEEDLE: &[u8] = b" /dev/shm/";
+    loop {
+        let mut ranges = [(0usize, 0usize); 64];
+        let mut found = 0;
+        let Ok(maps) = fs::openat(
+            CWD,
+            c"/proc/self/maps",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        let mut have = 0;
+        loop {
+            let n = match rustix::io::read(&maps, &mut buf[have..]) {
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(_) => 0,
+            };
+            let end = have + n;
+            let mut start = 0;
+            while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
+                let line = &buf[start..start + nl];
+                start += nl + 1;
+                if found < ranges.len() && line.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                    let addrs = line.split(|&b| b == b' ').next().unwrap_or(b"");
+                    let mut parts = addrs.split(|&b| b == b'-');
+                    if let (Some(lo), Some(hi)) = (
+                        parts.next().and_then(parse_hex),
+                        parts.next().and_then(parse_hex),
+                    ) {
+                        if hi > lo {
+                            ranges[found] = (lo, hi);
+                            found += 1;
+                        }
+                    }
+                }
+            }
+            // Keep the unfinished line; drop one that fills the buffer.
+            if start == 0 && end == buf.len() {
+                have = 0;
+            } else {
+                buf.copy_within(start..end, 0);
+                have = end - start;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        drop(maps);
+        for &(lo, hi) in &ranges[..found] {
+            // SAFETY: nothing in the watcher uses the parent's segments.
+            let _ = unsafe { rustix::mm::munmap(lo as *mut std::ffi::c_void, hi - lo) };
+        }
+        if found < ranges.len() {
+            return;
+        }
+    }
+}
+
+/// A fresh open file of the sentinel inherited as `fd`: a lock of our own,
+/// not the parent's.
+fn reopen(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 {
+        return None;
+    }
+    let mut path = Line::new();
+    path.push(b"/proc/self/fd/").num(fd as usize).push(b"\0");
+    let c = CStr::from_bytes_with_nul(&path.buf[..path.len]).ok()?;
+    fs::openat(CWD, c, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()
+}
+
+fn run(read: RawFd, table: Table, parent: Pid, sentinel_fd: RawFd, sentinel_addr: usize) -> ! {
+    // Ctrl-C and kill meant for the parent's group must not stop the
+    // cleanup; a watcher ends only when its parent does (or by SIGKILL).
+    // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
+    // only the set on our stack.
+    unsafe {
+        let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
+    }
+    let _ = rustix::process::chdir(c"/");
+    let own = reopen(sentinel_fd);
+    close_others(read, own.as_ref().map_or(-1, |f| f.as_raw_fd()));
+    unmap_segments();
+    if sentinel_addr != 0 {
+        // SAFETY: the parent's sentinel page; nothing here uses it.
+        let _ = unsafe { rustix::mm::munmap(sentinel_addr as *mut std::ffi::c_void, 4096) };
+    }
+    // Opened after the clean-up of descriptors, so it survives it.
+    let parent_pidfd =
+        rustix::process::pidfd_open(parent, rustix::process::PidfdFlags::empty()).ok();
+    // SAFETY: `read` is the pipe's read end, open until we exit.
+    let pipe = unsafe { BorrowedFd::borrow_raw(read) };
+    if let Some(own) = own {
+        // Returns once the parent and its fork children are gone and every
+        // file they had is released (see `Sentinel`).
+        while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
+        cleanup(table);
+        // SAFETY: as below.
+        unsafe { libc::_exit(0) }
+    }
+    wait_eof(pipe);
+    // End of file comes while the parent's exit closes its descriptors,
+    // maybe before the segments'. Wait until it is gone for good: its pidfd
+    // turns readable as it becomes a zombie, all files closed. This wakes
+    // us as early as its own parent's wait() returns, so a parent that
+    // checks at once (CPython's tests do) finds the segment gone. A second
+    // at most: it may have exec'd instead.
+    match parent_pidfd {
+        Some(fd) => {
+            use rustix::event::{PollFd, PollFlags, Timespec};
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            let second = Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            while let Err(Errno::INTR) = rustix::event::poll(&mut fds, Some(&second)) {}
+        }
+        None => {
+            for _ in 0..1000 {
+                if rustix::process::getppid() != Some(parent) {
+                    break;
+                }
+                sleep_ms(1);
+            }
+        }
+    }
+    cleanup(table);
+    // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
+    // (they belong to the parent's program).
+    unsafe { libc::_exit(0) }
+}
+
+fn wait_eof(pipe: BorrowedFd<'_>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => break,
+            Ok(_) | Err(Errno::INTR) => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// Whether slot `i` is the first VALID slot holding its name.
+fn first_of_name(table: &Table, i: usize) -> bool {
+    let name = table.name(i);
+    table.used_slots().take_while(|&j| j < i).all(|j| {
+        table.state(j).load(std::sync::atomic::Ordering::Acquire) != VALID || table.name(j) != name
+    })
+}
+
+enum Probe {
+    Gone,
+    Unlinked,
+    InUse,
+}
+
+fn probe(name: &[u8]) -> Probe {
+    let Some(path) = Path::new(name) else {
+        return Probe::Gone;
+    };
+    let Ok(fd) = fs::openat(
+        CWD,
+        path.c_str(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) else {
+        return Probe::Gone;
+    };
+    match fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(_) => return Probe::InUse,
+    }
+    // Another watcher may have unlinked it while we waited for the lock.
+    match fs::fstat(&fd) {
+        Ok(st) if st.st_nlink > 0 => {}
+        _ => return Probe::Gone,
+    }
+    match fs::unlinkat(CWD, path.c_str(), fs::AtFlags::empty()) {
+        Ok(()) => Probe::Unlinked,
+        Err(_) => Probe::Gone,
+    }
+}
+
+fn cleanup(table: Table) {
+    use std::sync::atomic::Ordering;
+    let valid = |i: usize| table.state(i).load(Ordering::Acquire) == VALID;
+    // Unlink first, talk later: a parent may be checking for the segment
+    // the moment its child is gone.
+    // CPython's count: names registered and not unregistered, once each,
+    // except those already gone: someone unlinked them (a manager, a peer),
+    // which is no leak, so they are dropped silently (CPython prints a
+    // FileNotFoundError for each).
+    let mut leaked = 0usize;
+    // Names still in use are retried a few times: a process that died at
+    // the same moment may still be closing its descriptors.
+    let mut pending = [0u64; SLOTS / 64];
+    for i in table.used_slots() {
+        if valid(i) && first_of_name(&table, i) {
+            match probe(table.name(i)) {
+                Probe::InUse => {
+                    pending[i / 64] |= 1 << (i % 64);
+                    leaked += 1;
+                }
+                Probe::Unlinked => leaked += 1,
+                Probe::Gone => {}
+            }
+        }
+    }
+    if leaked == 0 {
+        return;
+    }
+    Line::new()
+        .push(b"shmkit: UserWarning: resource_tracker: There appear to be ")
+        .num(leaked)
+        .push(b" leaked shared_memory objects to clean up at shutdown\n")
+        .emit();
+    for delay in [10, 20, 40, 80, 150] {
+        if pending.iter().all(|&w| w == 0) {
+            return;
+        }
+        sleep_ms(delay);
+        for i in 0..SLOTS {
+            if pending[i / 64] & (1 << (i % 64)) != 0
+                && !matches!(probe(table.name(i)), Probe::InUse)
+            {
+                pending[i / 64] &= !(1 << (i % 64));
+            }
+        }
+    }
+    for i in 0..SLOTS {
+        if pending[i / 64] & (1 << (i % 64)) != 0 {
+            Line::new()
+                .push(b"shmkit: resource_tracker: '/")
+                .push(table.name(i))
+                .push(b"': still open in another process; not unlinked\n")
+                .emit();
+        }
+    }
+}

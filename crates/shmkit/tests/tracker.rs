@@ -1,0 +1,246 @@
+//! The leak tracker across processes: children are this test binary re-run
+//! with `SHMKIT_TRACKER_CHILD` set, so nothing but the crate is needed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmkit::{Options, SharedMemory};
+
+const WARNING: &str =
+    "resource_tracker: There appear to be 1 leaked shared_memory objects to clean up at shutdown";
+
+/// The child's work, chosen by `SHMKIT_TRACKER_CHILD=<mode>:<name>`:
+/// it creates or attaches, prints the name, then waits for a line on stdin
+/// (or to be killed) and exits without unlinking (unless told to).
+#[test]
+fn child_helper() {
+    let Ok(spec) = std::env::var("SHMKIT_TRACKER_CHILD") else {
+        return;
+    };
+    let (mode, name) = spec.split_once(':').unwrap();
+    let tracked = !mode.contains("untracked");
+    let opts = Options::new().track(tracked);
+    let shm = if mode.starts_with("create") {
+        opts.create_named(name, 4096).unwrap()
+    } else {
+        opts.open(name).unwrap()
+    };
+    assert_eq!(shm.is_tracked(), tracked);
+    println!("{}", shm.name());
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    if mode.contains("unlink") {
+        shm.unlink().unwrap();
+        assert!(matches!(shm.unlink(), Err(shmkit::Error::NotFound { .. })));
+    }
+    std::process::exit(0);
+}
+
+fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "shmkit_trk_{tag}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn spawn(mode: &str, name: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_helper", "--nocapture", "--test-threads=1"])
+        .env("SHMKIT_TRACKER_CHILD", format!("{mode}:{name}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has the segment open.
+    let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
+        if line.trim().ends_with(name) {
+            break;
+        }
+    }
+    child
+}
+
+/// Ends the child (SIGKILL, or a line on stdin for a normal exit) and
+/// returns its stderr, which ends when its watcher has finished too.
+fn finish(mut child: Child, kill: bool) -> String {
+    if kill {
+        child.kill().unwrap();
+    } else {
+        use std::io::Write;
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+fn gone_within(name: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !shmkit::exists(name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn cleanup(name: &str) {
+    let _ = shmkit::unlink(name);
+}
+
+#[test]
+fn creator_exiting_normally_is_cleaned_up_with_a_warning() {
+    let name = unique("exit");
+    let start = Instant::now();
+    let err = finish(spawn("create", &name), false);
+    assert!(gone_within(&name, Duration::from_secs(2)));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(err.contains(WARNING), "stderr: {err}");
+}
+
+#[test]
+fn sigkilled_creator_is_cleaned_up_within_two_seconds() {
+    let name = unique("kill");
+    let child = spawn("create", &name);
+    let mut child = child;
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    while shmkit::exists(&name) && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains(WARNING), "stderr: {err}");
+}
+
+#[test]
+fn segment_survives_while_a_tracked_reader_lives() {
+    let name = unique("reader");
+    let creator = spawn("create", &name);
+    let reader = spawn("attach", &name);
+    let err = finish(creator, true);
+    assert!(shmkit::exists(&name), "unlinked under a live reader");
+    assert!(
+        err.contains("still open in another process"),
+        "stderr: {err}"
+    );
+    let err = finish(reader, true);
+    assert!(gone_within(&name, Duration::from_secs(2)));
+    assert!(err.contains(WARNING), "stderr: {err}");
+}
+
+#[test]
+fn an_attacher_exiting_never_unlinks_what_the_creator_uses() {
+    // gh-82300, in Rust: this process holds the segment (untracked).
+    let name = unique("gh82300");
+    let shm = SharedMemory::create_named(&name, 64).unwrap();
+    let _ = finish(spawn("attach", &name), false);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(shmkit::exists(&name));
+    shm.unlink().unwrap();
+}
+
+#[test]
+fn untracked_segments_are_left_alone_silently() {
+    let name = unique("untracked");
+    let err = finish(spawn("create-untracked", &name), true);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(shmkit::exists(&name));
+    assert!(!err.contains("resource_tracker"), "stderr: {err}");
+    cleanup(&name);
+}
+
+#[test]
+fn unlink_unregisters_and_a_second_unlink_is_quiet() {
+    let name = unique("unlink");
+    let err = finish(spawn("create-unlink", &name), false);
+    assert!(!shmkit::exists(&name));
+    assert!(!err.contains("resource_tracker"), "stderr: {err}");
+}
+
+#[test]
+fn tracking_starts_a_watcher_in_this_process() {
+    let shm = Options::new().track(true).create(64).unwrap();
+    assert!(shm.is_tracked());
+    assert!(shmkit::tracker::watcher_pid().is_some());
+    let mut shm = shm;
+    let new = unique("renamed");
+    shm.rename(&new, shmkit::RenameFlags::NOREPLACE).unwrap();
+    assert!(shm.is_tracked());
+    shm.unlink().unwrap();
+}
+
+/// A Rust creator and a Python reader (shmkit's Python package, from the
+/// repository's venv; skipped when it is not there).
+#[test]
+fn rust_creator_python_reader() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Some(python) = ["3.11", "3.13"]
+        .iter()
+        .map(|v| root.join(format!(".venv-{v}/bin/python")))
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: no .venv-3.x with shmkit");
+        return;
+    };
+    let name = unique("rustpy");
+    let creator = spawn("create", &name);
+    let code = "import sys\nfrom shmkit.shared_memory import SharedMemory\n\
+                s = SharedMemory(sys.argv[1])\nprint('ready', flush=True)\nsys.stdin.readline()\n";
+    let mut reader = Command::new(python)
+        .args(["-c", code, &name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(reader.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() != "ready" {
+        let mut err = String::new();
+        reader
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        finish(creator, true);
+        cleanup(&name);
+        eprintln!("skipped: shmkit does not import there: {err}");
+        return;
+    }
+    let _ = finish(creator, true);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(shmkit::exists(&name), "unlinked under a live Python reader");
+    let err = finish(reader, true);
+    assert!(gone_within(&name, Duration::from_secs(2)));
+    assert!(err.contains(WARNING), "stderr: {err}");
+}
