@@ -27,6 +27,19 @@ fn child_helper() {
         opts.open(name).unwrap()
     };
     assert_eq!(shm.is_tracked(), tracked);
+    let mut second = None;
+    if mode.contains("relaunch") {
+        // Kill our watcher; the next tracked open starts another, which
+        // inherits the table (so `name` stays tracked too).
+        let pid = shmkit::tracker::watcher_pid().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        second = Some(opts.create_named(&format!("{name}_2"), 64).unwrap());
+        assert_ne!(shmkit::tracker::watcher_pid(), Some(pid));
+    }
     println!("{}", shm.name());
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
@@ -34,6 +47,7 @@ fn child_helper() {
         shm.unlink().unwrap();
         assert!(matches!(shm.unlink(), Err(shmkit::Error::NotFound { .. })));
     }
+    drop(second);
     std::process::exit(0);
 }
 
@@ -232,6 +246,7 @@ fn rust_creator_python_reader() {
             .unwrap()
             .read_to_string(&mut err)
             .unwrap();
+        let _ = reader.wait();
         finish(creator, true);
         cleanup(&name);
         eprintln!("skipped: shmkit does not import there: {err}");
@@ -243,4 +258,20 @@ fn rust_creator_python_reader() {
     let err = finish(reader, true);
     assert!(gone_within(&name, Duration::from_secs(2)));
     assert!(err.contains(WARNING), "stderr: {err}");
+}
+
+#[test]
+fn a_killed_watcher_is_relaunched_and_keeps_the_names() {
+    let name = unique("relaunch");
+    let err = finish(spawn("create-relaunch", &name), true);
+    assert!(
+        err.contains("process died unexpectedly, relaunching"),
+        "stderr: {err}"
+    );
+    assert!(gone_within(&name, Duration::from_secs(2)));
+    assert!(gone_within(&format!("{name}_2"), Duration::from_secs(2)));
+    assert!(
+        err.contains("There appear to be 2 leaked shared_memory objects"),
+        "stderr: {err}"
+    );
 }

@@ -145,10 +145,29 @@ impl Table {
         h as usize & (SLOTS - 1)
     }
 
+    /// Adds `name` unless it is there already (a set, as CPython's tracker
+    /// keeps: attaching a hundred times registers once).
     fn insert(&self, name: &[u8]) -> bool {
         let start = Self::start(name);
-        for k in 0..SLOTS {
-            let i = (start + k) & (SLOTS - 1);
+        for _ in 0..8 {
+            let mut free = None;
+            for k in 0..SLOTS {
+                let i = (start + k) & (SLOTS - 1);
+                match self.state(i).load(Ordering::Acquire) {
+                    VALID if self.name(i) == name => return true,
+                    EMPTY => {
+                        free.get_or_insert(i);
+                        break;
+                    }
+                    DELETED => {
+                        free.get_or_insert(i);
+                    }
+                    _ => {}
+                }
+            }
+            let Some(i) = free else {
+                return false; // full
+            };
             let state = self.state(i);
             let seen = state.load(Ordering::Relaxed);
             if (seen == EMPTY || seen == DELETED)
@@ -161,8 +180,30 @@ impl Table {
                 state.store(VALID, Ordering::Release);
                 return true;
             }
+            // Another thread took that slot: look again.
         }
         false
+    }
+
+    /// Keeps probe chains short: a tombstone at the end of a chain (the next
+    /// slot never used) becomes never-used again, and so do the tombstones
+    /// before it. Racing an insert into the next slot can only make that
+    /// entry unreachable for `remove`, which is harmless: the watcher finds
+    /// its segment gone (unlinked) and skips it.
+    fn trim(&self, mut i: usize) {
+        if self.state((i + 1) & (SLOTS - 1)).load(Ordering::Acquire) != EMPTY {
+            return;
+        }
+        for _ in 0..SLOTS {
+            if self
+                .state(i)
+                .compare_exchange(DELETED, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                return;
+            }
+            i = (i + SLOTS - 1) & (SLOTS - 1);
+        }
     }
 
     /// Removes every slot holding `name` (a set, as CPython's tracker keeps).
@@ -173,9 +214,13 @@ impl Table {
             let state = self.state(i);
             match state.load(Ordering::Acquire) {
                 EMPTY => return,
-                VALID if self.name(i) == name => {
-                    let _ =
-                        state.compare_exchange(VALID, DELETED, Ordering::AcqRel, Ordering::Relaxed);
+                VALID
+                    if self.name(i) == name
+                        && state
+                            .compare_exchange(VALID, DELETED, Ordering::AcqRel, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    self.trim(i);
                 }
                 _ => {}
             }
@@ -190,6 +235,9 @@ struct Tracker {
     watcher: AtomicI32,
     /// The write end of the watcher's pipe; also serializes relaunches.
     pipe: Mutex<Option<OwnedFd>>,
+    /// When the watcher was last checked on (ms since `epoch`; 0: never).
+    last_check: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 static TRACKER: OnceLock<Option<Tracker>> = OnceLock::new();
@@ -203,12 +251,26 @@ fn tracker() -> Option<&'static Tracker> {
                 table,
                 watcher: AtomicI32::new(pid.as_raw_nonzero().get()),
                 pipe: Mutex::new(Some(pipe)),
+                last_check: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
             })
         })
         .as_ref()
 }
 
 impl Tracker {
+    /// Whether it is time to check on the watcher again: at most every
+    /// 100 ms, so the check (a system call) stays off the hot path.
+    fn check_due(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_check.load(Ordering::Relaxed);
+        if now.wrapping_sub(last) < 100 && last != 0 {
+            return false;
+        }
+        self.last_check.store(now.max(1), Ordering::Relaxed);
+        true
+    }
+
     /// Whether the watcher still runs. One syscall for the process that
     /// forked it (`waitid` without reaping), two for its fork children.
     fn watcher_alive(&self) -> bool {
@@ -260,7 +322,7 @@ pub(crate) fn register(bare: &str) -> bool {
     let Some(t) = tracker() else {
         return false;
     };
-    if !t.watcher_alive() {
+    if t.check_due() && !t.watcher_alive() {
         t.relaunch();
     }
     t.table.insert(bare.as_bytes())
