@@ -73,14 +73,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
 
 
-def create_batch(cls, perf):
+def create_batch(cls, perf, **kw):
 
     def batch(n):
         shm = None
         try:
             t0 = perf()
             for _ in range(n):
-                shm = cls(create=True, size=SIZE)
+                shm = cls(create=True, size=SIZE, **kw)
                 shm.close()
                 shm.unlink()
             t1 = perf()
@@ -101,13 +101,13 @@ def create_batch(cls, perf):
     return batch
 
 
-def attach_batch(cls, name, touch, perf):
+def attach_batch(cls, name, touch, perf, **kw):
     if touch:
 
         def batch(n):
             t0 = perf()
             for _ in range(n):
-                shm = cls(name)
+                shm = cls(name, **kw)
                 shm.buf[0]
                 shm.close()
             return (perf() - t0) / n
@@ -117,7 +117,7 @@ def attach_batch(cls, name, touch, perf):
         def batch(n):
             t0 = perf()
             for _ in range(n):
-                shm = cls(name)
+                shm = cls(name, **kw)
                 shm.close()
             return (perf() - t0) / n
 
@@ -338,6 +338,9 @@ def main():
                     help="only this workload (repeatable)")
     ap.add_argument("--floor", metavar="PATH", help="the shm-floor binary to use")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor")
+    ap.add_argument("--track-cost", action="store_true",
+                    help="also time shmkit with track=False (the leak tracker's cost "
+                         "is the difference from the shmkit row)")
     priv = ap.add_mutually_exclusive_group()
     priv.add_argument("--private-shm", dest="private_shm", action="store_true",
                       default=None,
@@ -417,6 +420,14 @@ def main():
                 "attach": attach_batch(sk, attach_name, False, clock),
                 "attach_buf": attach_batch(sk, attach_name, True, clock),
             }
+            if args.track_cost:
+                # The leak tracker's price: shmkit's default (track=True)
+                # against the same calls with track=False.
+                impls["shmkit-untracked"] = {
+                    "create": create_batch(sk, clock, track=False),
+                    "attach": attach_batch(sk, attach_name, False, clock, track=False),
+                    "attach_buf": attach_batch(sk, attach_name, True, clock, track=False),
+                }
             ext = getattr(shmkit, "_shmkit", None)
             if args.decompose and ext is not None and hasattr(ext, "open_segment"):
                 impls["shmkit-ext"] = ext_batches(ext, attach_name, clock)
@@ -494,6 +505,14 @@ def main():
                     "q1": quantile(pairs, 0.25),
                     "q3": quantile(pairs, 0.75),
                 }
+        if "shmkit-untracked" in raw and "shmkit" in raw:
+            # Per round, tracked minus untracked: the tracker's cost per op.
+            diffs = sorted(a - b for a, b in zip(raw["shmkit"], raw["shmkit-untracked"]))
+            entry["track_cost_us"] = {
+                "median": quantile(diffs, 0.5) / 1000,
+                "q1": quantile(diffs, 0.25) / 1000,
+                "q3": quantile(diffs, 0.75) / 1000,
+            }
         if "shmkit-ext" in med:
             entry["ext_over_floor"] = (med["shmkit-ext"] / med["floor"]
                                        if "floor" in med else None)
@@ -548,6 +567,15 @@ def main():
                         for j, cell in enumerate(row)))
         if i == 0:
             print("  ".join("-" * wd for wd in widths))
+    costs = {w: e for w, e in out["workloads"].items() if "track_cost_us" in e}
+    if costs:
+        print()
+        print("leak tracking (shmkit track=True minus track=False, per op, paired by round):")
+        for w, e in costs.items():
+            tc = e["track_cost_us"]
+            un = e["results"]["shmkit-untracked"]["median_us"]
+            print(f"  {e['label']}: {tc['median']:+.2f} µs [{tc['q1']:+.2f} – {tc['q3']:+.2f}]"
+                  f" (untracked {un:.2f} µs)")
     if out["reference_floor"]:
         rf = out["reference_floor"]
         print()
