@@ -38,7 +38,8 @@ use rustix::time::{clock_gettime, ClockId};
 const WORKLOADS: &[(&str, &str)] = &[
     (
         "create",
-        "shmkit's create: getrandom name, openat(O_CREAT|O_EXCL), fallocate, mmap; \
+        "shmkit's create: getrandom name, openat(O_CREAT|O_EXCL), fallocate, \
+         flock(LOCK_SH|LOCK_NB) (the in-use mark the leak tracker reads), mmap; \
          munmap, close, unlinkat",
     ),
     (
@@ -55,7 +56,10 @@ const WORKLOADS: &[(&str, &str)] = &[
         "name",
         "name generation alone: getrandom(4 bytes) + hex (part of every create_* above)",
     ),
-    ("attach", "openat, fstat, mmap(st_size); munmap, close"),
+    (
+        "attach",
+        "shmkit's attach: openat, fstat, flock(LOCK_SH|LOCK_NB), mmap(st_size); munmap, close",
+    ),
     (
         "attach_touch",
         "attach + a read of byte 0 (the page fault a first access costs)",
@@ -229,8 +233,11 @@ fn create_once(size: usize, resize: Resize) -> Result<()> {
     let fd = open_new(&path)?;
     let body = || -> Result<()> {
         match resize {
-            Resize::Fallocate => fs::fallocate(&fd, FallocateFlags::empty(), 0, size as u64)
-                .map_err(sys("fallocate")),
+            Resize::Fallocate => {
+                fs::fallocate(&fd, FallocateFlags::empty(), 0, size as u64)
+                    .map_err(sys("fallocate"))?;
+                mark_in_use(&fd)
+            }
             Resize::FtruncateFstat => {
                 fs::ftruncate(&fd, size as u64).map_err(sys("ftruncate"))?;
                 fs::fstat(&fd).map_err(sys("fstat"))?;
@@ -278,8 +285,8 @@ fn attach_once(path: &ShmPath, how: Attach) -> Result<()> {
         return Err(Failure::Usage(format!("{} is empty", path.display())));
     }
     match how {
-        Attach::Plain => map_unmap(&fd, len, false),
-        Attach::Touch => map_unmap(&fd, len, true),
+        Attach::Plain => mark_in_use(&fd).and_then(|()| map_unmap(&fd, len, false)),
+        Attach::Touch => mark_in_use(&fd).and_then(|()| map_unmap(&fd, len, true)),
         Attach::Cpython => {
             fs::fstat(&fd).map_err(sys("fstat"))?;
             let dup = io::fcntl_dupfd_cloexec(&fd, 0).map_err(sys("dup"))?;
@@ -288,6 +295,12 @@ fn attach_once(path: &ShmPath, how: Attach) -> Result<()> {
             r
         }
     }
+}
+
+/// shmkit marks every open handle with a shared flock, which the leak
+/// tracker probes (crates/shmkit/src/sys/linux.rs): part of its floor.
+fn mark_in_use(fd: &impl std::os::fd::AsFd) -> Result<()> {
+    fs::flock(fd, fs::FlockOperation::NonBlockingLockShared).map_err(sys("flock"))
 }
 
 fn name_once() -> Result<()> {
