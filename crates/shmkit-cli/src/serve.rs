@@ -14,6 +14,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -240,6 +241,10 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     stopper.stop();
     handle.join().map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + RELAY_GRACE;
+    while RELAYS.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     drop(cleanup);
     Ok(())
 }
@@ -253,6 +258,13 @@ fn init_logging() {
         .try_init();
 }
 
+/// Connections being relayed; the command waits for them (briefly) before it
+/// exits, so that the connection that asked for the shutdown is logged too.
+static RELAYS: AtomicUsize = AtomicUsize::new(0);
+
+/// How long exiting waits for connections still being relayed.
+const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn accept_loop(listener: Listener, inner: Address) {
     loop {
         let accepted = match &listener {
@@ -265,7 +277,11 @@ fn accept_loop(listener: Listener, inner: Address) {
         match accepted {
             Ok((stream, peer)) => {
                 let inner = inner.clone();
-                std::thread::spawn(move || relay(stream, peer, &inner));
+                RELAYS.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    relay(stream, peer, &inner);
+                    RELAYS.fetch_sub(1, Ordering::SeqCst);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
