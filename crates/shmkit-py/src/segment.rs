@@ -118,6 +118,28 @@ impl Segment {
 /// Creates at least this large release the GIL while the kernel reserves pages.
 const RELEASE_GIL_ABOVE: usize = 1 << 20;
 
+/// How CPython's open flags ask for a segment.
+#[derive(Clone, Copy)]
+pub(crate) enum Want {
+    /// `O_CREAT | O_EXCL`: a new segment of this size.
+    Create(usize),
+    /// `O_CREAT` alone: open, creating it (with this size, if given) if absent.
+    OpenOrCreate(Option<usize>),
+    /// Neither: an existing segment.
+    Open,
+}
+
+impl Want {
+    /// From CPython's `O_CREAT`/`O_EXCL` bits and the size of a create.
+    pub(crate) fn from_flags(create: bool, exclusive: bool, size: Option<usize>) -> Self {
+        match (create, exclusive, size) {
+            (true, true, Some(size)) => Want::Create(size),
+            (true, _, size) => Want::OpenOrCreate(size),
+            (false, _, _) => Want::Open,
+        }
+    }
+}
+
 /// Opens or creates the segment `name` (spelled as the Python caller gave
 /// it, slash included) and maps it.
 #[pyfunction]
@@ -131,7 +153,8 @@ pub(crate) fn open_segment(
     mode: u32,
     reserve: bool,
 ) -> PyResult<Segment> {
-    open_core(py, name, create, exclusive, size, mode, reserve)
+    let opts = Options::new().mode(mode).reserve(reserve);
+    open_core(py, name, Want::from_flags(create, exclusive, size), &opts)
         .map(Segment::new)
         .map_err(|e| to_pyerr(e, name))
 }
@@ -141,38 +164,18 @@ pub(crate) fn open_segment(
 pub(crate) fn open_core(
     py: Python<'_>,
     name: &str,
-    create: bool,
-    exclusive: bool,
-    size: Option<usize>,
-    mode: u32,
-    reserve: bool,
+    want: Want,
+    opts: &Options,
 ) -> Result<SharedMemory, Error> {
-    open_core_tracked(py, name, create, exclusive, size, mode, reserve, false)
-}
-
-/// [`open_core`], registering the segment with this process's leak tracker
-/// when `track` is set (Python's `track=True`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn open_core_tracked(
-    py: Python<'_>,
-    name: &str,
-    create: bool,
-    exclusive: bool,
-    size: Option<usize>,
-    mode: u32,
-    reserve: bool,
-    track: bool,
-) -> Result<SharedMemory, Error> {
-    let opts = Options::new().mode(mode).reserve(reserve).track(track);
-    let open = || match (create, exclusive, size) {
-        (true, true, Some(size)) => opts.create_named(name, size),
-        (true, _, size) => opts.open_or_create(name, size),
-        (false, _, _) => opts.open(name),
+    let open = || match want {
+        Want::Create(size) => opts.create_named(name, size),
+        Want::OpenOrCreate(size) => opts.open_or_create(name, size),
+        Want::Open => opts.open(name),
     };
     // Releasing the GIL costs more than a small open takes; only reserving
     // many pages (the kernel zeroes them) is slow enough to be worth it.
-    match size {
-        Some(size) if create && reserve && size >= RELEASE_GIL_ABOVE => py.detach(open),
+    match want {
+        Want::Create(size) if opts.reserves() && size >= RELEASE_GIL_ABOVE => py.detach(open),
         _ => open(),
     }
 }

@@ -12,10 +12,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 use rustix::fs::OFlags;
-use shmkit::Error;
+use shmkit::{Error, Options};
 
 use crate::errors::to_pyerr;
-use crate::segment::{open_core_tracked, Segment};
+use crate::segment::{open_core, Segment, Want};
 use crate::shared_memory_module;
 
 // The platform's open(2) flags, as Python's `os.O_*` has them.
@@ -114,6 +114,8 @@ impl SharedMemoryBase {
         } else {
             0o600
         };
+        let want = Want::from_flags(want_create, exclusive, want_size);
+        let opts = Options::new().mode(mode).track(track);
 
         let (segment, full_name) = match name {
             None => {
@@ -121,16 +123,7 @@ impl SharedMemoryBase {
                 loop {
                     let candidate = module.getattr(intern!(py, "_make_filename"))?.call0()?;
                     let text = candidate.cast::<PyString>()?.to_str()?;
-                    match open_core_tracked(
-                        py,
-                        text,
-                        want_create,
-                        exclusive,
-                        want_size,
-                        mode,
-                        true,
-                        track,
-                    ) {
+                    match open_core(py, text, want, &opts) {
                         Err(Error::AlreadyExists { .. }) => continue,
                         Err(e) => return Err(to_pyerr(e, text)),
                         Ok(shm) => break (Segment::new(shm), candidate),
@@ -154,17 +147,7 @@ impl SharedMemoryBase {
                     name.clone()
                 };
                 let text = full.cast::<PyString>()?.to_str()?;
-                let shm = open_core_tracked(
-                    py,
-                    text,
-                    want_create,
-                    exclusive,
-                    want_size,
-                    mode,
-                    true,
-                    track,
-                )
-                .map_err(|e| to_pyerr(e, text))?;
+                let shm = open_core(py, text, want, &opts).map_err(|e| to_pyerr(e, text))?;
                 (Segment::new(shm), full)
             }
         };

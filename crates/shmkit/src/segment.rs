@@ -107,6 +107,11 @@ impl Options {
         self
     }
 
+    /// Whether creation reserves pages (see [`reserve`](Self::reserve)).
+    pub fn reserves(&self) -> bool {
+        self.reserve
+    }
+
     /// Whether this process's leak tracker (see [`crate::tracker`]) unlinks
     /// the segment once every process that created or attached it with
     /// tracking has exited, if nobody unlinked it and nobody still has it
