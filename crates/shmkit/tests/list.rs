@@ -8,29 +8,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shmkit::list::{layout::Layout, ItemType, ListError, ShareableList, Value, ValueRef};
 use shmkit::{Error, SharedMemory};
 
-/// Unlinks its segment when dropped, whatever happened.
-struct Unlink(String);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shmkit::unlink(&self.0);
-    }
-}
-
-fn fresh_name() -> (String, Unlink) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "shmkit_list_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    (name.clone(), Unlink(name))
-}
+mod common;
+use common::{fresh_name, Unlink};
 
 fn create(values: &[Value]) -> (ShareableList, Unlink) {
     let list = ShareableList::create(values).unwrap();
@@ -105,7 +88,7 @@ fn empty_list() {
 
 #[test]
 fn named_create_refuses_a_taken_name_and_open_a_missing_one() {
-    let (name, _guard) = fresh_name();
+    let (name, _guard) = fresh_name("list");
     let list = ShareableList::create_named(&name, &[Value::Int(1)]).unwrap();
     assert_eq!(list.shm().name(), name);
     assert!(matches!(
@@ -122,7 +105,7 @@ fn named_create_refuses_a_taken_name_and_open_a_missing_one() {
 
 #[test]
 fn bad_values_create_nothing() {
-    let (name, _guard) = fresh_name();
+    let (name, _guard) = fresh_name("list");
     let bad = [ValueRef::Int(1), ValueRef::Bytes(b"abc\0")];
     assert_eq!(
         list_error(ShareableList::create_named(&name, &bad)),
@@ -302,7 +285,7 @@ fn rust_reads_lists_cpython_made_byte_for_byte() {
     let (values, literal) = interop_values();
     let expected = Layout::encode(&values.iter().map(ValueRef::from).collect::<Vec<_>>()).unwrap();
     for py in modern_pythons() {
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         let script = format!(
             "{PY_PROLOGUE}
 sl = shared_memory.ShareableList({literal}, name=sys.argv[1])
@@ -328,7 +311,7 @@ sl.shm.close()
 #[test]
 fn cpython_reads_and_writes_lists_rust_made() {
     for py in modern_pythons() {
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         let list = ShareableList::create_named(&name, &howdy()).unwrap();
         let script = format!(
             "{PY_PROLOGUE}
@@ -374,7 +357,7 @@ sl.shm.close()
 fn multibyte_text_survives_shmkit_and_is_cut_by_cpython() {
     for py in modern_pythons() {
         // shmkit sizes by UTF-8 bytes; CPython reads the whole text back.
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         let list = ShareableList::create_named(
             &name,
             &[
@@ -406,7 +389,7 @@ sl.shm.close()
         assert_eq!(list.get(2).unwrap(), Value::from("üüüü"));
 
         // CPython sizes by characters: it keeps 4 of 5 'é', and cuts a '€'.
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         py.run(
             &format!(
                 "{PY_PROLOGUE}
@@ -429,7 +412,7 @@ sl.shm.close()
 #[test]
 fn cpython_strips_trailing_nuls_and_shmkit_refuses_to_write_them() {
     for py in modern_pythons() {
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         py.run(
             &format!(
                 "{PY_PROLOGUE}
@@ -466,7 +449,7 @@ fn python_38_lists_are_recognised() {
         return;
     };
     for literal in ["['howdy', b'HoWdY', -273.154, 100, None, True, 42]", "[]"] {
-        let (name, _guard) = fresh_name();
+        let (name, _guard) = fresh_name("list");
         py.run(
             &format!(
                 "{PY_PROLOGUE}

@@ -12,7 +12,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkit::list::{ShareableList, Value};
@@ -22,24 +21,8 @@ use shmkit::manager::{
 };
 use shmkit::{Error, SharedMemory};
 
-/// Unlinks its segment when dropped, whatever happened.
-struct Unlink(String);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shmkit::unlink(&self.0);
-    }
-}
-
-fn fresh_name() -> (String, Unlink) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "shmkit_manager_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    (name.clone(), Unlink(name))
-}
+mod common;
+use common::{fresh_name, Unlink};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -196,7 +179,7 @@ fn frame_payload(hex: &str) -> Vec<u8> {
 fn a_wrong_key_is_refused_both_ways_and_nothing_runs() {
     let handle = Server::bind(None, b"right").unwrap().spawn().unwrap();
     let address = handle.address().clone();
-    let (name, _guard) = fresh_name();
+    let (name, _guard) = fresh_name("manager");
 
     // The client does not know the key: the server sends #FAILURE#.
     let wrong = Client::new(address.clone(), b"wrong");
@@ -322,11 +305,11 @@ fn a_segment_the_server_will_not_track_is_unlinked() {
     let refused = PyValue::Tuple(vec!["#TRACEBACK".into(), "RuntimeError: no\n".into()]);
     let address = fake_server(b"k", vec![ok, refused.clone(), refused]);
     let smm = SharedMemoryManager::connect(address, b"k").unwrap();
-    let (name, _guard) = fresh_name();
+    let (name, _guard) = fresh_name("manager");
     let e = manager_error(smm.shared_memory_named(&name, 64).unwrap_err());
     assert_eq!(e.remote_exception(), Some(("RuntimeError", "no")));
     assert!(!shmkit::exists(&name), "created, refused, unlinked");
-    let (name, _guard) = fresh_name();
+    let (name, _guard) = fresh_name("manager");
     assert!(smm.shareable_list_named(&name, &[Value::Int(1)]).is_err());
     assert!(!shmkit::exists(&name));
 }
@@ -336,10 +319,10 @@ fn a_thread_manager_makes_named_and_unnamed_segments_and_lists() {
     let mut smm = SharedMemoryManager::start().unwrap();
     let shm = smm.shared_memory(4096).unwrap();
     let _g1 = Unlink(shm.name().to_owned());
-    let (name, _g2) = fresh_name();
+    let (name, _g2) = fresh_name("manager");
     let named = smm.shared_memory_named(&name, 100).unwrap();
     assert_eq!(named.name(), name);
-    let (list_name, _g3) = fresh_name();
+    let (list_name, _g3) = fresh_name("manager");
     let list = smm
         .shareable_list_named(&list_name, &[Value::Int(1), Value::from("x")])
         .unwrap();
@@ -793,7 +776,7 @@ fn the_rust_client_uses_cpython_servers() {
                 .shareable_list(&[Value::Int(1), Value::from("two")])
                 .unwrap();
             let _g2 = Unlink(list.shm().name().to_owned());
-            let (name, _g3) = fresh_name();
+            let (name, _g3) = fresh_name("manager");
             smm.shared_memory_named(&name, 10).unwrap();
             assert_eq!(
                 client.list_segments().unwrap(),
