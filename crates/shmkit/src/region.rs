@@ -11,10 +11,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// A live, read-write, shared mapping; unmapped when dropped.
-///
-/// A `Region` outlives the descriptor it was mapped from: see
-/// [`SharedMemory::into_region`](crate::SharedMemory::into_region).
+/// A live, read-write, shared mapping; unmapped when dropped. A
+/// [`SharedMemory`](crate::SharedMemory) dereferences to its region.
 #[derive(Debug)]
 pub struct Region {
     ptr: NonNull<u8>,

@@ -156,15 +156,19 @@ fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
     std::os::unix::net::SocketAddr::from_abstract_name(name)
 }
 
-/// A connected socket of either family.
+/// A connected socket of either family, readable and writable as one type
+/// (the client's connections, and `shmkit serve`'s relays).
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
+    /// An `AF_UNIX` stream (a path or an abstract name).
     Unix(UnixStream),
+    /// A TCP stream.
     Tcp(TcpStream),
 }
 
 impl Stream {
-    pub(crate) fn connect(address: &Address) -> Result<Stream> {
+    /// Connects to `address`.
+    pub fn connect(address: &Address) -> Result<Stream> {
         let io = |e| ManagerError::io("connect", e);
         Ok(match address {
             Address::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(io)?),
@@ -199,6 +203,23 @@ impl Stream {
             Stream::Unix(s) => s.set_nonblocking(nonblocking),
             Stream::Tcp(s) => s.set_nonblocking(nonblocking),
         }
+    }
+
+    /// A second handle on the same socket, for the other direction.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Tells the peer nothing more will be written (its reads see end of
+    /// file); errors, as on an already closed socket, are ignored.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
     }
 }
 

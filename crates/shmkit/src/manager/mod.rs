@@ -52,7 +52,7 @@ mod server;
 mod shared_memory_manager;
 mod watch;
 
-pub use address::Address;
+pub use address::{Address, Stream};
 pub use auth::ChallengeKind;
 pub use client::Client;
 pub use connection::Connection;
