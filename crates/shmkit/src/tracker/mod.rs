@@ -5,7 +5,7 @@
 //! shmkit's tracker asks the kernel instead:
 //!
 //! * every shmkit handle holds `flock(LOCK_SH)` on the descriptor it already
-//!   has (see [`crate::sys::hold`]). The lock lives as long as the open file
+//!   has (`sys::hold`). The lock lives as long as the open file
 //!   does, mapping included, and the kernel drops it when the process dies,
 //!   however it dies;
 //! * a *tracked* handle also writes its name into a table that this process
