@@ -21,9 +21,12 @@
 //! [`crate::Options::track`] turns it on in Rust; Python's `track=True` (the
 //! default) uses it.
 
+mod registered;
 mod watcher;
 
-use std::os::fd::OwnedFd;
+pub use registered::{registered, Registration};
+
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -44,6 +47,35 @@ const HEADER: usize = 4096;
 const PAGE: usize = 4096;
 const PAGES: usize = (SLOTS * SLOT_SIZE).div_ceil(PAGE);
 const TABLE_SIZE: usize = HEADER + SLOTS * SLOT_SIZE;
+/// Where in the header the owner's pid is kept, after the bitmap.
+const OWNER_AT: usize = HEADER - 8;
+const _: () = assert!(PAGES.div_ceil(64) * 8 <= OWNER_AT);
+/// The memfd name of a table, as `/proc/PID/fd` shows it (`/memfd:NAME`).
+pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
+
+/// Maps a table's memfd: read-write for our own, read-only for another
+/// process's (`registered`).
+fn map_table(fd: &OwnedFd, writable: bool) -> Result<NonNull<u8>, Errno> {
+    use rustix::mm::{mmap, MapFlags, ProtFlags};
+    let prot = if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    // SAFETY: a fresh mapping of a file we hold overlaps nothing Rust knows
+    // of; it is never unmapped while a `Table` of ours points into it.
+    let ptr = unsafe {
+        mmap(
+            std::ptr::null_mut(),
+            TABLE_SIZE,
+            prot,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)
+}
 
 /// Never used: a lookup may stop here.
 const EMPTY: u32 = 0;
@@ -64,20 +96,27 @@ unsafe impl Send for Table {}
 unsafe impl Sync for Table {}
 
 impl Table {
-    fn new() -> Result<Table, Errno> {
-        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
-        // SAFETY: a fresh anonymous mapping overlaps nothing Rust knows of.
-        let ptr = unsafe {
-            mmap_anonymous(
-                std::ptr::null_mut(),
-                TABLE_SIZE,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
-            )?
-        };
-        NonNull::new(ptr.cast::<u8>())
-            .map(Table)
-            .ok_or(Errno::NOMEM)
+    /// A table in a memfd named [`TABLE_MEMFD`], so that `shmkit ls` can
+    /// find it through `/proc/PID/fd` of the process and its watcher, which
+    /// both keep the descriptor.
+    fn new() -> Result<(Table, OwnedFd), Errno> {
+        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+        let fd = memfd_create(TABLE_MEMFD, MemfdFlags::CLOEXEC)?;
+        ftruncate(&fd, TABLE_SIZE as u64)?;
+        let ptr = map_table(&fd, true)?;
+        let table = Table(ptr);
+        table.owner().store(
+            rustix::process::getpid().as_raw_nonzero().get(),
+            Ordering::Relaxed,
+        );
+        Ok((table, fd))
+    }
+
+    /// The pid of the process that made the table (its fork children share
+    /// it).
+    fn owner(&self) -> &AtomicI32 {
+        // SAFETY: OWNER_AT is inside the header page, 4-byte aligned.
+        unsafe { &*(self.0.as_ptr().add(OWNER_AT).cast::<AtomicI32>()) }
     }
 
     fn slot(&self, i: usize) -> *mut u8 {
@@ -231,6 +270,8 @@ impl Table {
 /// This process's side of the tracker.
 struct Tracker {
     table: Table,
+    /// The table's memfd, kept for relaunched watchers and for `shmkit ls`.
+    table_fd: OwnedFd,
     /// The watcher's pid.
     watcher: AtomicI32,
     /// The write end of the watcher's pipe; also serializes relaunches.
@@ -245,10 +286,11 @@ static TRACKER: OnceLock<Option<Tracker>> = OnceLock::new();
 fn tracker() -> Option<&'static Tracker> {
     TRACKER
         .get_or_init(|| {
-            let table = Table::new().ok()?;
-            let (pid, pipe) = watcher::launch(table).ok()?;
+            let (table, table_fd) = Table::new().ok()?;
+            let (pid, pipe) = watcher::launch(table, table_fd.as_raw_fd()).ok()?;
             Some(Tracker {
                 table,
+                table_fd,
                 watcher: AtomicI32::new(pid.as_raw_nonzero().get()),
                 pipe: Mutex::new(Some(pipe)),
                 last_check: AtomicU64::new(0),
@@ -305,7 +347,7 @@ impl Tracker {
             "UserWarning: resource_tracker: process died unexpectedly, relaunching.  \
              Some resources might leak."
         );
-        match watcher::launch(self.table) {
+        match watcher::launch(self.table, self.table_fd.as_raw_fd()) {
             Ok((pid, fd)) => {
                 self.watcher
                     .store(pid.as_raw_nonzero().get(), Ordering::Relaxed);

@@ -55,7 +55,9 @@ fn sentinel() -> Option<Sentinel> {
 
 /// Forks a watcher for `table`; returns its pid and the pipe's write end,
 /// which this process must keep open for as long as it lives.
-pub(super) fn launch(table: Table) -> Result<(Pid, OwnedFd), Errno> {
+/// `table_fd` is the table's memfd, kept open in the watcher so that
+/// `shmkit ls` can read what it tracks.
+pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Errno> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let parent = rustix::process::getpid();
     let sentinel = sentinel();
@@ -70,7 +72,14 @@ pub(super) fn launch(table: Table) -> Result<(Pid, OwnedFd), Errno> {
                 .raw_os_error()
                 .unwrap_or(libc::EAGAIN),
         )),
-        0 => run(read.as_raw_fd(), table, parent, sentinel_fd, sentinel_addr),
+        0 => run(
+            read.as_raw_fd(),
+            table,
+            table_fd,
+            parent,
+            sentinel_fd,
+            sentinel_addr,
+        ),
         pid => {
             drop(read);
             // Only the mapping keeps the sentinel (and its lock) now.
@@ -152,10 +161,10 @@ impl Path {
     }
 }
 
-/// Closes every descriptor but stderr and `keep`: the watcher must not keep
+/// Closes every descriptor but stderr and those in `keep`: the watcher must not keep
 /// anyone's pipes open, nor, above all, the segments' open files (their
 /// locks would look like a live user).
-fn close_others(keep: RawFd, keep2: RawFd) {
+fn close_others(keep: &[RawFd]) {
     let Ok(dir) = fs::openat(
         CWD,
         c"/proc/self/fd",
@@ -163,7 +172,7 @@ fn close_others(keep: RawFd, keep2: RawFd) {
         Mode::empty(),
     ) else {
         for fd in 0..4096 {
-            if fd != 2 && fd != keep && fd != keep2 {
+            if fd != 2 && !keep.contains(&fd) {
                 // SAFETY: nothing in the watcher uses these descriptors.
                 unsafe { rustix::io::close(fd) };
             }
@@ -190,7 +199,7 @@ fn close_others(keep: RawFd, keep2: RawFd) {
                     break;
                 }
             }
-            if digits > 0 && fd != 2 && fd != keep && fd != keep2 && fd != dir_fd {
+            if digits > 0 && fd != 2 && !keep.contains(&fd) && fd != dir_fd {
                 // SAFETY: as above.
                 unsafe { rustix::io::close(fd) };
                 closed += 1;
@@ -291,7 +300,14 @@ fn reopen(fd: RawFd) -> Option<OwnedFd> {
     fs::openat(CWD, c, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()
 }
 
-fn run(read: RawFd, table: Table, parent: Pid, sentinel_fd: RawFd, sentinel_addr: usize) -> ! {
+fn run(
+    read: RawFd,
+    table: Table,
+    table_fd: RawFd,
+    parent: Pid,
+    sentinel_fd: RawFd,
+    sentinel_addr: usize,
+) -> ! {
     // Ctrl-C and kill meant for the parent's group must not stop the
     // cleanup; a watcher ends only when its parent does (or by SIGKILL).
     // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
@@ -303,7 +319,7 @@ fn run(read: RawFd, table: Table, parent: Pid, sentinel_fd: RawFd, sentinel_addr
     }
     let _ = rustix::process::chdir(c"/");
     let own = reopen(sentinel_fd);
-    close_others(read, own.as_ref().map_or(-1, |f| f.as_raw_fd()));
+    close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
     unmap_segments();
     if sentinel_addr != 0 {
         // SAFETY: the parent's sentinel page; nothing here uses it.
