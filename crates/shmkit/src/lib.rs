@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod inspect;
 pub mod list;
 pub mod manager;
 pub mod name;

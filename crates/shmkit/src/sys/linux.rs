@@ -261,3 +261,150 @@ pub(crate) fn ignore_sigint() -> std::io::Result<()> {
         Err(std::io::Error::other("could not install a SIGINT handler"))
     }
 }
+
+// ---------------------------------------------------------------------------
+// For `crate::inspect`: looking at segments, and at who uses them, without
+// taking part: read-only opens, `pread` copies (nothing mapped), no lock kept.
+
+/// A file's identity as `/proc/*/maps` and `/proc/locks` spell it: the
+/// device's major and minor numbers, and the inode.
+pub(crate) type FileKey = (u32, u32, u64);
+
+/// What `statx` says about a file in `/dev/shm` or an open one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileStat {
+    pub(crate) key: FileKey,
+    pub(crate) regular: bool,
+    pub(crate) size: u64,
+    /// Permission bits only (`& 0o7777`).
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// Birth time (seconds, nanoseconds), if the filesystem keeps one.
+    pub(crate) birth: Option<(i64, u32)>,
+    /// Last status change.
+    pub(crate) change: (i64, u32),
+}
+
+fn file_stat(s: &fs::Statx) -> FileStat {
+    let birth = fs::StatxFlags::from_bits_retain(s.stx_mask)
+        .contains(fs::StatxFlags::BTIME)
+        .then_some((s.stx_btime.tv_sec, s.stx_btime.tv_nsec));
+    FileStat {
+        key: (s.stx_dev_major, s.stx_dev_minor, s.stx_ino),
+        regular: u32::from(s.stx_mode) & 0o170000 == 0o100000,
+        size: s.stx_size,
+        mode: u32::from(s.stx_mode) & 0o7777,
+        uid: s.stx_uid,
+        gid: s.stx_gid,
+        birth,
+        change: (s.stx_ctime.tv_sec, s.stx_ctime.tv_nsec),
+    }
+}
+
+const STATX_WANT: fs::StatxFlags = fs::StatxFlags::BASIC_STATS.union(fs::StatxFlags::BTIME);
+
+/// `statx` of `/dev/shm/NAME`, not following a symbolic link.
+pub(crate) fn shm_stat(name: &str) -> Result<FileStat, Errno> {
+    let s = fs::statx(
+        CWD,
+        ShmPath::new(name).as_c_str(),
+        fs::AtFlags::SYMLINK_NOFOLLOW,
+        STATX_WANT,
+    )?;
+    Ok(file_stat(&s))
+}
+
+/// `statx` of an open file.
+pub(crate) fn fd_stat(fd: impl AsFd) -> Result<FileStat, Errno> {
+    let s = fs::statx(fd, c"", fs::AtFlags::EMPTY_PATH, STATX_WANT)?;
+    Ok(file_stat(&s))
+}
+
+/// Opens `/dev/shm/NAME` read-only: no `flock`, no mapping. `O_NONBLOCK`
+/// so that a FIFO someone put there cannot hang the caller.
+pub(crate) fn shm_open_readonly(name: &str) -> Result<OwnedFd, Errno> {
+    fs::openat(
+        CWD,
+        ShmPath::new(name).as_c_str(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, retrying short reads; returns
+/// how many were read (fewer only at the end of the file).
+pub(crate) fn read_at(fd: impl AsFd, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(&fd, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: succeeds only if no other open file holds a
+/// `flock` on the same file. The lock goes with the descriptor.
+pub(crate) fn try_lock_exclusive(fd: impl AsFd) -> Result<(), Errno> {
+    fs::flock(fd, fs::FlockOperation::NonBlockingLockExclusive)
+}
+
+/// The names in `/dev/shm`, as the directory lists them.
+pub(crate) fn shm_entries() -> std::io::Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(SHM_DIR)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect()
+}
+
+/// The pids in `/proc`.
+pub(crate) fn pids() -> std::io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// `/proc/PID/FILE` (`maps`, `stat`, `comm`), whole.
+pub(crate) fn proc_read(pid: u32, file: &str) -> std::io::Result<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+}
+
+/// The descriptors of process `pid` with the paths they point at.
+pub(crate) fn proc_fds(pid: u32) -> std::io::Result<Vec<(u32, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = format!("/proc/{pid}/fd");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // A descriptor closed since the listing is simply skipped.
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            out.push((fd, target.as_os_str().as_bytes().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// The identity of the file behind descriptor `fd` of process `pid`.
+pub(crate) fn proc_fd_key(pid: u32, fd: u32) -> Result<FileKey, Errno> {
+    let st = fs::stat(format!("/proc/{pid}/fd/{fd}"))?;
+    Ok((fs::major(st.st_dev), fs::minor(st.st_dev), st.st_ino))
+}
+
+/// `/proc/locks`: every file lock on the system (of this pid namespace),
+/// readable by everyone.
+pub(crate) fn proc_locks() -> std::io::Result<Vec<u8>> {
+    std::fs::read("/proc/locks")
+}
+
+/// This process's pid.
+pub(crate) fn own_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
