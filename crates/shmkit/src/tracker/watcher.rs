@@ -331,10 +331,15 @@ fn run(
     // SAFETY: `read` is the pipe's read end, open until we exit.
     let pipe = unsafe { BorrowedFd::borrow_raw(read) };
     if let Some(own) = own {
+        // End of file on the pipe comes as the tree's last process closes
+        // its descriptors, before its mappings go and before its parent's
+        // wait() returns: be on a CPU, segments open, when their locks drop.
+        wait_eof(pipe);
+        let early = race_exit(&table, &own);
         // Returns once the parent and its fork children are gone and every
         // file they had is released (see `Sentinel`).
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
-        cleanup(table);
+        cleanup(table, &early);
         // SAFETY: as below.
         unsafe { libc::_exit(0) }
     }
@@ -364,7 +369,7 @@ fn run(
             }
         }
     }
-    cleanup(table);
+    cleanup(table, &[0; SLOTS / 64]);
     // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
     // (they belong to the parent's program).
     unsafe { libc::_exit(0) }
@@ -395,6 +400,96 @@ enum Probe {
     InUse,
 }
 
+/// Names handled by [`race_exit`] before it gives up the CPU.
+const EARLY: usize = 64;
+/// How long [`race_exit`] spins before it blocks: the exit of a process
+/// takes microseconds; a tree that closed its descriptors but lives on (a
+/// daemon closing everything) must not keep us spinning.
+const SPIN_NS: u64 = 5_000_000;
+
+/// Between end of file and the sentinel's release: opens the tracked
+/// segments, then retries their exclusive lock without sleeping, so each is
+/// unlinked the moment its last holder drops it. A parent that attaches as
+/// soon as its child is reaped (CPython's
+/// `test_shared_memory_cleaned_after_process_termination`) would otherwise
+/// race us to the segment, and an attach makes it "in use".
+///
+/// Returns the slots unlinked here, as a bitset; `cleanup` counts them.
+fn race_exit(table: &Table, own: &OwnedFd) -> [u64; SLOTS / 64] {
+    use std::sync::atomic::Ordering;
+    let mut done = [0u64; SLOTS / 64];
+    let mut open: [Option<(usize, OwnedFd)>; EARLY] = [const { None }; EARLY];
+    let mut n = 0;
+    for i in table.used_slots() {
+        if n == EARLY {
+            break;
+        }
+        if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
+            continue;
+        }
+        let Some(path) = Path::new(table.name(i)) else {
+            continue;
+        };
+        if let Ok(fd) = fs::openat(
+            CWD,
+            path.c_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        ) {
+            open[n] = Some((i, fd));
+            n += 1;
+        }
+    }
+    let start = now_ns();
+    let mut left = n;
+    while left > 0 {
+        for entry in open.iter_mut().take(n) {
+            let Some((i, fd)) = entry else { continue };
+            if fs::flock(&*fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+            if unlink_if_same(table.name(*i), fd) {
+                done[*i / 64] |= 1 << (*i % 64);
+            }
+            *entry = None;
+            left -= 1;
+        }
+        // The whole tree released everything: `cleanup` does the rest.
+        if left == 0
+            || fs::flock(own, FlockOperation::NonBlockingLockShared).is_ok()
+            || now_ns().wrapping_sub(start) > SPIN_NS
+        {
+            break;
+        }
+        rustix::thread::sched_yield();
+    }
+    done
+}
+
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+/// Unlinks `name` if it still names the file `fd` has open, and that file
+/// has not been unlinked already (by another watcher, a peer, `shmkit gc`).
+fn unlink_if_same(name: &[u8], fd: &OwnedFd) -> bool {
+    let Some(path) = Path::new(name) else {
+        return false;
+    };
+    let (Ok(mine), Ok(now)) = (
+        fs::fstat(fd),
+        fs::statat(CWD, path.c_str(), fs::AtFlags::SYMLINK_NOFOLLOW),
+    ) else {
+        return false;
+    };
+    mine.st_nlink > 0
+        && (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+        && fs::unlinkat(CWD, path.c_str(), fs::AtFlags::empty()).is_ok()
+}
+
 fn probe(name: &[u8]) -> Probe {
     let Some(path) = Path::new(name) else {
         return Probe::Gone;
@@ -412,17 +507,15 @@ fn probe(name: &[u8]) -> Probe {
         Err(_) => return Probe::InUse,
     }
     // Another watcher may have unlinked it while we waited for the lock.
-    match fs::fstat(&fd) {
-        Ok(st) if st.st_nlink > 0 => {}
-        _ => return Probe::Gone,
-    }
-    match fs::unlinkat(CWD, path.c_str(), fs::AtFlags::empty()) {
-        Ok(()) => Probe::Unlinked,
-        Err(_) => Probe::Gone,
+    if unlink_if_same(name, &fd) {
+        Probe::Unlinked
+    } else {
+        Probe::Gone
     }
 }
 
-fn cleanup(table: Table) {
+/// `early`: the slots [`race_exit`] unlinked already.
+fn cleanup(table: Table, early: &[u64; SLOTS / 64]) {
     use std::sync::atomic::Ordering;
     let valid = |i: usize| table.state(i).load(Ordering::Acquire) == VALID;
     // Unlink first, talk later: a parent may be checking for the segment
@@ -436,7 +529,9 @@ fn cleanup(table: Table) {
     // the same moment may still be closing its descriptors.
     let mut pending = [0u64; SLOTS / 64];
     for i in table.used_slots() {
-        if valid(i) && first_of_name(&table, i) {
+        if early[i / 64] & (1 << (i % 64)) != 0 {
+            leaked += 1;
+        } else if valid(i) && first_of_name(&table, i) {
             match probe(table.name(i)) {
                 Probe::InUse => {
                     pending[i / 64] |= 1 << (i % 64);
