@@ -2,7 +2,7 @@
 
 /// One line per 16 bytes: the offset, the bytes in hex, and the printable
 /// ones as text. `base` is the offset of `bytes[0]` in the segment.
-pub fn lines(bytes: &[u8], base: usize) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn lines(bytes: &[u8], base: usize) -> impl Iterator<Item = String> + '_ {
     bytes.chunks(16).enumerate().map(move |(i, chunk)| {
         let mut hex = String::with_capacity(48);
         for (j, b) in chunk.iter().enumerate() {

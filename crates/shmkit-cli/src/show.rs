@@ -1,0 +1,220 @@
+//! `shmkit show NAME`: a ShareableList item by item, or a hexdump.
+
+use serde::Serialize;
+use shmkit::inspect::{self, ListCopy};
+use shmkit::list::Value;
+
+use crate::out::{self, Out};
+use crate::{hexdump, pyrepr};
+
+/// What `show` was asked for on the command line.
+pub struct Args {
+    pub name: String,
+    pub hex: bool,
+    pub offset: Option<u64>,
+    pub length: Option<usize>,
+    pub json: bool,
+}
+
+const DEFAULT_HEX: usize = 4096;
+
+pub fn run(args: &Args) -> i32 {
+    let hex = args.hex || args.offset.is_some() || args.length.is_some();
+    if !hex {
+        match inspect::read_list(&args.name) {
+            Ok(Some(list)) => return show_list(args, &list),
+            Ok(None) => {}
+            Err(e) => return out::fail(&e.to_string()),
+        }
+    }
+    show_hex(args)
+}
+
+#[derive(Serialize)]
+struct ListJson<'a> {
+    name: &'a str,
+    size: usize,
+    kind: &'static str,
+    format: String,
+    items: Vec<ItemJson>,
+}
+
+#[derive(Serialize)]
+struct ItemJson {
+    index: usize,
+    slot: usize,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    type_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    /// JSON's own form where there is one: `null` for None, and for bytes
+    /// (see `repr` and `hex`) and non-finite floats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Bool(b) => (*b).into(),
+        Value::Str(s) => s.as_str().into(),
+        Value::None | Value::Bytes(_) => serde_json::Value::Null,
+    }
+}
+
+fn show_list(args: &Args, list: &ListCopy) -> i32 {
+    let name = shmkit::name::validate(&args.name).unwrap_or(&args.name);
+    let mut o = Out::new();
+    if args.json {
+        let items = list
+            .items
+            .iter()
+            .map(|i| match &i.item {
+                Ok((ty, format, value)) => ItemJson {
+                    index: i.index,
+                    slot: i.slot,
+                    type_name: Some(ty.type_name()),
+                    format: Some(format.clone()),
+                    value: Some(json_value(value)),
+                    repr: Some(pyrepr::value(value)),
+                    hex: match value {
+                        Value::Bytes(b) => Some(b.iter().map(|b| format!("{b:02x}")).collect()),
+                        _ => None,
+                    },
+                    error: None,
+                },
+                Err(e) => ItemJson {
+                    index: i.index,
+                    slot: i.slot,
+                    type_name: None,
+                    format: None,
+                    value: None,
+                    repr: None,
+                    hex: None,
+                    error: Some(e.clone()),
+                },
+            })
+            .collect();
+        let doc = ListJson {
+            name,
+            size: list.size,
+            kind: "shareable_list",
+            format: list.format(),
+            items,
+        };
+        match serde_json::to_string_pretty(&doc) {
+            Ok(text) => o.line(&text),
+            Err(e) => return out::fail(&format!("cannot write JSON: {e}")),
+        }
+        return crate::EXIT_OK;
+    }
+    o.line(&format!(
+        "{name}: a ShareableList of {} items in {} bytes, format {}",
+        list.items.len(),
+        list.size,
+        pyrepr::string(&list.format())
+    ));
+    let rows: Vec<[String; 5]> = list
+        .items
+        .iter()
+        .map(|i| match &i.item {
+            Ok((ty, format, value)) => [
+                i.index.to_string(),
+                ty.type_name().to_owned(),
+                format.clone(),
+                i.slot.to_string(),
+                pyrepr::value(value),
+            ],
+            Err(e) => [
+                i.index.to_string(),
+                "?".to_owned(),
+                "?".to_owned(),
+                i.slot.to_string(),
+                format!("<unreadable: {e}>"),
+            ],
+        })
+        .collect();
+    let header = ["INDEX", "TYPE", "FORMAT", "SLOT", "VALUE"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |c: [&str; 5]| {
+        format!(
+            "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        )
+    };
+    o.line(&render(header));
+    for r in &rows {
+        o.line(&render([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    crate::EXIT_OK
+}
+
+#[derive(Serialize)]
+struct HexJson<'a> {
+    name: &'a str,
+    size: u64,
+    kind: &'static str,
+    offset: u64,
+    hex: String,
+}
+
+fn show_hex(args: &Args) -> i32 {
+    let offset = args.offset.unwrap_or(0);
+    let want = args.length.unwrap_or(DEFAULT_HEX);
+    let (bytes, size) = match inspect::read(&args.name, offset, want) {
+        Ok(r) => r,
+        Err(e) => return out::fail(&e.to_string()),
+    };
+    if args.length.is_some() && bytes.len() < want {
+        return out::fail(
+            &shmkit::Error::OutOfBounds {
+                offset: offset as usize,
+                len: want,
+                size: size as usize,
+            }
+            .to_string(),
+        );
+    }
+    let name = shmkit::name::validate(&args.name).unwrap_or(&args.name);
+    let mut o = Out::new();
+    if args.json {
+        let doc = HexJson {
+            name,
+            size,
+            kind: "bytes",
+            offset,
+            hex: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        match serde_json::to_string_pretty(&doc) {
+            Ok(text) => o.line(&text),
+            Err(e) => return out::fail(&format!("cannot write JSON: {e}")),
+        }
+        return crate::EXIT_OK;
+    }
+    o.line(&format!("{name}: {size} bytes"));
+    for line in hexdump::lines(&bytes, offset as usize) {
+        o.line(&line);
+    }
+    crate::EXIT_OK
+}
