@@ -61,6 +61,15 @@ fn make_filename() -> String {
     name
 }
 
+/// Runs the `shmkit` command (`ls`, `show`, `rm`, `gc`, `serve`, …) with
+/// `argv`, whose first item is the program's name, and returns its exit
+/// status. It writes to the process's stdout and stderr directly, so
+/// Python's own buffers should be flushed first. The GIL is released.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| shmkit_cli::run(argv))
+}
+
 #[pymodule]
 fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<segment::Segment>()?;
@@ -75,6 +84,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;
     m.add_function(wrap_pyfunction!(make_filename, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("SHM_RENAME_NOREPLACE", RenameFlags::NOREPLACE.bits())?;
     m.add("SHM_RENAME_EXCHANGE", RenameFlags::EXCHANGE.bits())?;
     Ok(())
