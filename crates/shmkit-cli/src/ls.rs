@@ -16,8 +16,6 @@ struct Listing {
     unreadable_processes: Vec<u32>,
     /// Processes judged by their descriptors and locks only.
     maps_unreadable_processes: Vec<u32>,
-    /// Whether shmkit's trackers could be asked what they track.
-    tracker_readable: bool,
 }
 
 #[derive(Serialize)]
@@ -36,8 +34,9 @@ struct Entry {
     state: &'static str,
     users: Vec<User>,
     locks: Vec<Lock>,
-    /// The pids of the shmkit processes tracking it; `null` if unknown.
-    tracked_by: Option<Vec<i32>>,
+    /// The pids of the shmkit processes tracking it (never CPython's
+    /// resource tracker, which cannot be read).
+    tracked_by: Vec<i32>,
     holds: Holds,
 }
 
@@ -128,13 +127,12 @@ pub fn run(json: bool) -> i32 {
     let names = out::user_names();
     let entries: Vec<Entry> = segments
         .iter()
-        .map(|s| entry(s, &procs, tracked.as_ref(), &names))
+        .map(|s| entry(s, &procs, &tracked, &names))
         .collect();
     let listing = Listing {
         segments: entries,
         unreadable_processes: procs.unreadable().to_vec(),
         maps_unreadable_processes: procs.maps_unreadable().to_vec(),
-        tracker_readable: tracked.is_some(),
     };
     let mut o = Out::new();
     if json {
@@ -152,7 +150,7 @@ pub fn run(json: bool) -> i32 {
 fn entry(
     s: &Segment,
     procs: &Processes,
-    tracked: Option<&HashMap<String, Vec<i32>>>,
+    tracked: &HashMap<String, Vec<i32>>,
     names: &HashMap<u32, String>,
 ) -> Entry {
     let users = procs.users(s);
@@ -180,7 +178,7 @@ fn entry(
                 access: l.access.clone(),
             })
             .collect(),
-        tracked_by: tracked.map(|t| t.get(&s.name).cloned().unwrap_or_default()),
+        tracked_by: tracked.get(&s.name).cloned().unwrap_or_default(),
         holds: Holds::of(s),
     }
 }
@@ -204,14 +202,14 @@ fn table(o: &mut Out, listing: &Listing) {
             if users.is_empty() && !e.locks.is_empty() {
                 users.push("locked".to_owned());
             }
-            let tracked = match &e.tracked_by {
-                None => "?".to_owned(),
-                Some(p) if p.is_empty() => "no".to_owned(),
-                Some(p) => p
+            let tracked = if e.tracked_by.is_empty() {
+                "-".to_owned()
+            } else {
+                e.tracked_by
                     .iter()
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>()
-                    .join(","),
+                    .join(",")
             };
             [
                 e.name.clone(),
@@ -270,8 +268,5 @@ fn notes(listing: &Listing) {
             "note: the mappings of {} could not be read; judged by descriptors and locks only",
             out::pid_list(&listing.maps_unreadable_processes)
         ));
-    }
-    if !listing.tracker_readable {
-        out::warn("note: shmkit's leak trackers could not be asked what they track (TRACKED: ?)");
     }
 }

@@ -428,15 +428,35 @@ fn parse_lock_line(line: &[u8]) -> Option<(FileKey, Lock)> {
     Some(((major, minor, ino), lock))
 }
 
-/// The leak tracker's view: which shmkit processes track which segment
-/// names, or `None` where it cannot be read.
+/// The leak trackers' view: which shmkit processes track each segment name
+/// (from [`crate::tracker::registered`]). The trackers of processes this one
+/// may not inspect (other users', without root) are missing.
 ///
-/// Only shmkit's tracker can be read: CPython's resource tracker keeps its
+/// Only shmkit's trackers can be read: CPython's resource tracker keeps its
 /// names in its own private memory, so a segment tracked by the stdlib is
 /// never reported as tracked.
-pub fn tracked() -> Option<HashMap<String, Vec<i32>>> {
-    // The tracker does not yet publish its tables; see issue #6.
-    None
+///
+/// ```
+/// let shm = shmkit::SharedMemory::options().track(true).create(64)?;
+/// let pid = std::process::id() as i32;
+/// assert!(shmkit::inspect::tracked()[shm.name()].contains(&pid));
+/// shm.unlink()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub fn tracked() -> HashMap<String, Vec<i32>> {
+    let mut by_name: HashMap<String, Vec<i32>> = HashMap::new();
+    for registration in crate::tracker::registered() {
+        for name in registration.names {
+            let pids = by_name.entry(name).or_default();
+            if !pids.contains(&registration.pid) {
+                pids.push(registration.pid);
+            }
+        }
+    }
+    for pids in by_name.values_mut() {
+        pids.sort_unstable();
+    }
+    by_name
 }
 
 /// What a segment holds, recognised by its bytes.
