@@ -100,6 +100,37 @@ def test_segments_are_unlinked_at_shutdown(managers, shmkit_mod, segments):
         smm.SharedMemory(8)
 
 
+def test_start_spawns_the_native_manager_program(managers):
+    # `make develop` puts it beside the package; without it start() forks.
+    program = managers._manager_program()
+    if program is None:
+        if os.environ.get("SHMKIT_REQUIRED") == "1":
+            pytest.fail("python/shmkit/_bin/shmkit-manager is missing: run `make develop`")
+        pytest.skip("no native manager program (run `make develop`)")
+    with managers.SharedMemoryManager() as smm:
+        exe = os.readlink(f"/proc/{smm._process.pid}/exe")
+        assert os.path.basename(exe) == "shmkit-manager"
+        assert smm.SharedMemory(16).size == 16
+
+
+def test_a_forked_manager_works_without_the_program(managers, shmkit_mod, monkeypatch):
+    monkeypatch.setenv("SHMKIT_MANAGER_PROGRAM", "")
+    smm = managers.SharedMemoryManager()
+    smm.start()
+    try:
+        assert os.readlink(f"/proc/{smm._process.pid}/exe") == os.path.realpath(sys.executable)
+        shm = smm.SharedMemory(64)
+        sl = smm.ShareableList([1, "two"])
+        names = [shm.name, sl.shm.name]
+        assert smm.list_segments() == names
+    finally:
+        smm.shutdown()
+    assert smm._process.exitcode == 0
+    assert not any(h.segment_exists(n) for n in names)
+    shm.close()
+    sl.shm.close()
+
+
 def test_context_manager(managers, shmkit_mod):
     with managers.SharedMemoryManager() as smm:
         sl = smm.ShareableList("howdy")

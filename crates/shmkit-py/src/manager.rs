@@ -316,24 +316,14 @@ fn strerror(errno: i32) -> String {
     }
 }
 
-/// [`manager_serve_child`], with a tracking channel beside the server: the
-/// socket at `relay_fd` (which the caller hands over: it is closed when this
-/// returns) carries, from the parent, first the report line with the
-/// server's address, then lines `+NAME` (a segment to track with the
-/// server, by a thread), `!` (shut the server down) and `` (answered `.` once
-/// every line before it is handled). The parent so never waits for a connection per segment.
-/// Names still in the channel when the server stops are unlinked directly:
-/// a segment never outlives both the parent and the manager.
+/// [`manager_serve_child`], with the tracking channel (see
+/// `shmkit::manager::serve_child_relay`) on the socket at `relay_fd`, which
+/// the caller hands over: it is closed when this returns. For a forked
+/// manager process; `start()` otherwise spawns the native `shmkit-manager`.
 #[pyfunction]
-pub(crate) fn manager_serve_child_relay(
-    py: Python<'_>,
-    relay_fd: i32,
-    authkey: Vec<u8>,
-) -> PyResult<()> {
-    use std::os::fd::FromRawFd;
+pub(crate) fn manager_serve_child_relay(py: Python<'_>, relay_fd: i32) -> PyResult<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     if relay_fd < 3 {
         return Err(PyValueError::new_err(
@@ -343,158 +333,9 @@ pub(crate) fn manager_serve_child_relay(
     // SAFETY: the caller (shmkit.managers, in the freshly forked manager
     // process) dup2()ed the channel to `relay_fd` for this call alone and
     // never uses that number again; this is its only owner from here on.
-    let sock = unsafe { UnixStream::from_raw_fd(relay_fd) };
-    let stopped = Arc::new(AtomicBool::new(false));
-    let reader = sock.try_clone().map_err(PyErr::from)?;
-    let flag = Arc::clone(&stopped);
-    let relay = std::thread::Builder::new()
-        .name("shmkit-manager-relay".into())
-        .spawn(move || relay(reader, &authkey, &flag))
-        .map_err(PyErr::from)?;
-    let served = py.detach(shmkit::manager::serve_child);
-    // The server has unlinked what it tracked: refuse new names (the
-    // parent's sends now fail) and unlink those already sent.
-    stopped.store(true, Ordering::SeqCst);
-    let _ = sock.shutdown(std::net::Shutdown::Read);
-    py.detach(|| relay.join()).ok();
-    served.map_err(|e| manager_err(py, e))
-}
-
-fn relay(
-    sock: std::os::unix::net::UnixStream,
-    authkey: &[u8],
-    stopped: &std::sync::atomic::AtomicBool,
-) {
-    use std::collections::VecDeque;
-    use std::io::Write;
-    use std::sync::atomic::Ordering;
-
-    let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut partial = Vec::new();
-    let mut eof = false;
-    let mut client: Option<Client> = None;
-    let mut server_gone = false;
-    // A shutdown waits in the queue.
-    let mut shutting = false;
-    loop {
-        if queue.is_empty() {
-            if eof {
-                break;
-            }
-            eof = fill(&sock, true, &mut partial, &mut queue);
-            continue;
-        }
-        let line = queue.pop_front().expect("not empty");
-        let Some(c) = &client else {
-            let address = after(&line, READY)
-                .and_then(unhex)
-                .and_then(|b| pickle::loads(&b).ok())
-                .and_then(|v| Address::from_py(&v).ok());
-            match address {
-                Some(a) => client = Some(Client::new(a, authkey)),
-                None => break,
-            }
-            continue;
-        };
-        match line.as_slice() {
-            b"" => {
-                let _ = (&sock).write_all(b".");
-            }
-            b"!" => {
-                // The parent's shutdown: the names before it were tracked or
-                // unlinked already (see below); the server unlinks the rest.
-                if !server_gone {
-                    let _ = c.shutdown();
-                }
-                server_gone = true;
-                shutting = false;
-            }
-            [b'+', name @ ..] => {
-                let name = String::from_utf8_lossy(name);
-                // Before a connection, a look at what else came: behind a
-                // shutdown, a name is unlinked here rather than tracked only
-                // to be unlinked.
-                if !shutting && !server_gone && !eof {
-                    eof = fill(&sock, false, &mut partial, &mut queue);
-                    shutting = queue.iter().any(|l| l.as_slice() == b"!");
-                }
-                if shutting || server_gone || stopped.load(Ordering::SeqCst) {
-                    let _ = shmkit::unlink(&name);
-                } else if let Err(e) = c.track_segment(&name) {
-                    // Not tracked: unlinked, so that it cannot leak. Once the
-                    // server says it is stopping (or is gone), the rest of
-                    // the backlog is unlinked without asking it.
-                    server_gone = is_gone(&e);
-                    let _ = shmkit::unlink(&name);
-                }
-            }
-            // Nothing else is ever sent.
-            _ => {}
-        }
-    }
-    // A last name cut short by the parent's death cannot be known.
-    drop(partial);
-}
-
-/// Reads what the channel holds (waiting for something first if `block`)
-/// and queues its complete lines; true at end of file.
-fn fill(
-    sock: &std::os::unix::net::UnixStream,
-    block: bool,
-    partial: &mut Vec<u8>,
-    queue: &mut std::collections::VecDeque<Vec<u8>>,
-) -> bool {
-    use std::io::Read;
-
-    let mut buf = [0u8; 16 << 10];
-    let mut eof = false;
-    let mut first = true;
-    loop {
-        if sock.set_nonblocking(!(block && first)).is_err() {
-            eof = true;
-            break;
-        }
-        match (&*sock).read(&mut buf) {
-            Ok(0) => {
-                eof = true;
-                break;
-            }
-            Ok(n) => partial.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(_) => {
-                eof = true;
-                break;
-            }
-        }
-        first = false;
-    }
-    let _ = sock.set_nonblocking(false);
-    let mut start = 0;
-    while let Some(at) = partial[start..].iter().position(|&b| b == b'\n') {
-        queue.push_back(partial[start..start + at].to_vec());
-        start += at + 1;
-    }
-    partial.drain(..start);
-    eof
-}
-
-/// Whether a failed request means the server stopped (or is stopping).
-fn is_gone(e: &shmkit::Error) -> bool {
-    match e {
-        shmkit::Error::Manager(ManagerError::Remote { traceback }) => {
-            traceback.contains("shutting down")
-        }
-        shmkit::Error::Manager(ManagerError::Eof | ManagerError::Truncated) => true,
-        shmkit::Error::Manager(ManagerError::Io { source, .. }) => matches!(
-            source.kind(),
-            std::io::ErrorKind::NotFound
-                | std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-        ),
-        _ => false,
-    }
+    let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(relay_fd) });
+    py.detach(|| shmkit::manager::serve_child_relay(sock))
+        .map_err(|e| manager_err(py, e))
 }
 
 fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {

@@ -48,6 +48,7 @@ mod error;
 pub mod frame;
 pub mod pickle;
 mod process;
+mod relay;
 mod server;
 mod shared_memory_manager;
 mod watch;
@@ -59,6 +60,7 @@ pub use connection::Connection;
 pub use error::ManagerError;
 pub use pickle::{PickleError, PickleProblem, PyValue};
 pub use process::{serve_child, CHILD_ENV};
+pub use relay::serve_child_relay;
 pub use server::{random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT};
 pub use shared_memory_manager::SharedMemoryManager;
 

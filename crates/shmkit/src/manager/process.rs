@@ -22,7 +22,7 @@ use super::auth::ChallengeKind;
 use super::error::ManagerError;
 use super::frame;
 use super::pickle::{self, PyValue};
-use super::server::ServerOptions;
+use super::server::{ServerOptions, Stopper};
 use crate::error::Result;
 use crate::sys;
 
@@ -195,6 +195,12 @@ fn wait_for(child: &mut Child, timeout: Duration) -> bool {
 /// }
 /// ```
 pub fn serve_child() -> Result<()> {
+    serve_child_with(|_| Ok(()))
+}
+
+/// [`serve_child`], calling `bound` with the server's [`Stopper`] once it
+/// listens, before the address is reported.
+pub(crate) fn serve_child_with(bound: impl FnOnce(Stopper) -> Result<()>) -> Result<()> {
     let settings = frame::read(&mut std::io::stdin().lock(), 64 << 10)
         .map_err(crate::Error::from)
         .and_then(|b| Ok(pickle::loads(&b).map_err(ManagerError::from)?))
@@ -215,6 +221,7 @@ pub fn serve_child() -> Result<()> {
             return Err(e);
         }
     };
+    bound(server.stopper())?;
     let stopper = server.stopper();
     std::thread::Builder::new()
         .name("shmkit-manager-sigterm".into())

@@ -416,6 +416,19 @@ impl Stopper {
         self.0.is_stopping()
     }
 
+    /// Tracks `name` as a `track_segment` request would, without a
+    /// connection: for code in the server's own process (the manager
+    /// process's relay from its parent). False once the server is stopping:
+    /// the name is not tracked, and the caller must unlink it itself.
+    pub fn track(&self, name: &str) -> bool {
+        let mut state = self.0.state();
+        if state.closed {
+            return false;
+        }
+        state.segments.push(name.to_owned());
+        true
+    }
+
     /// The names the server tracks now.
     pub fn segments(&self) -> Vec<String> {
         self.0.state().segments.clone()
