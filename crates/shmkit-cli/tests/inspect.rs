@@ -1,0 +1,371 @@
+//! `shmkit ls`, `show`, `rm` and `gc` against real segments and real
+//! processes: a list, a segment leaked by a SIGKILLed creator, segments a
+//! live child still uses (with shmkit's lock, and with a bare descriptor),
+//! and bad input.
+//!
+//! Every `gc` here names its segments: other test runs on this machine
+//! make segments of their own at the same time.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use shmkit::list::{ShareableList, ValueRef};
+use shmkit::{Options, SharedMemory};
+
+fn shmkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmkit"))
+        .args(args)
+        .output()
+        .expect("run shmkit")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fresh name of this test's own (the pytest suite's prefix).
+fn unique(tag: &str) -> String {
+    format!(
+        "shmkit_t{}_{tag}_{}",
+        std::process::id(),
+        &shmkit::name::generate()[4..]
+    )
+}
+
+/// Unlinks the name at the end of the test, whatever happens.
+struct Unlink(String);
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = shmkit::unlink(&self.0);
+    }
+}
+
+/// The `ls --json` entry of `name`.
+fn ls_entry(name: &str) -> Json {
+    let out = shmkit(&["ls", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let listing: Json = serde_json::from_slice(&out.stdout).expect("ls --json is JSON");
+    listing["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {listing}"))
+        .clone()
+}
+
+/// The `ls --json` entry of `name` once `ready` holds for it (or after 5 s).
+/// While another test thread starts a process, the child holds copies of
+/// this process's descriptors until it calls exec, and `ls` rightly sees it
+/// as a user for that moment.
+fn ls_entry_when(name: &str, ready: impl Fn(&Json) -> bool) -> Json {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let entry = ls_entry(name);
+        if ready(&entry) || std::time::Instant::now() > deadline {
+            return entry;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn user_pids(entry: &Json) -> Vec<u64> {
+    entry["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["pid"].as_u64().unwrap())
+        .collect()
+}
+
+/// A child process (this test binary again, running `hold_a_segment`) that
+/// creates segment `name` untracked, says so, and sleeps until killed.
+struct Holder(Child);
+
+impl Holder {
+    fn start(name: &str) -> Holder {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "hold_a_segment",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SHMKIT_CLI_TEST_HOLD", name)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the holder");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.ends_with("holding") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("the holder exited early"),
+            }
+        }
+        Holder(child)
+    }
+
+    fn pid(&self) -> u64 {
+        u64::from(self.0.id())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: nothing cleans up
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Not a test of its own: the body of [`Holder`]'s child.
+#[test]
+fn hold_a_segment() {
+    let Ok(name) = std::env::var("SHMKIT_CLI_TEST_HOLD") else {
+        return;
+    };
+    let shm = Options::new()
+        .track(false)
+        .create_named(&name, 4096)
+        .unwrap();
+    shm.write_at(0, b"held").unwrap();
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(shm);
+}
+
+#[test]
+fn ls_and_show_see_a_list_and_this_process_using_it() {
+    let name = unique("list");
+    let list = ShareableList::create_named(
+        &name,
+        &[
+            ValueRef::Str("howdy"),
+            ValueRef::Bytes(b"HoWdY"),
+            ValueRef::Float(-273.154),
+            ValueRef::Int(100),
+            ValueRef::None,
+            ValueRef::Bool(true),
+        ],
+    )
+    .unwrap();
+    let _guard = Unlink(name.clone());
+
+    let entry = ls_entry(&name);
+    assert_eq!(entry["holds"]["kind"], "shareable_list", "{entry}");
+    assert_eq!(entry["holds"]["items"], 6);
+    assert_eq!(entry["state"], "in_use");
+    assert_eq!(entry["mode"], "0600");
+    assert_eq!(entry["size"], list.shm().size() as u64);
+    let me = u64::from(std::process::id());
+    assert!(user_pids(&entry).contains(&me), "{entry}");
+    let locks = entry["locks"].as_array().unwrap();
+    assert!(
+        locks
+            .iter()
+            .any(|l| l["pid"] == me && l["kind"] == "FLOCK" && l["access"] == "READ"),
+        "{entry}"
+    );
+
+    let out = shmkit(&["show", &name]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("a ShareableList of 6 items") && text.contains("'8s8sdqxxxxxx?xxxxxxxx?'"),
+        "{text}"
+    );
+    for (ty, format, value) in [
+        ("str", "8s", "'howdy'"),
+        ("bytes", "8s", "b'HoWdY'"),
+        ("float", "d", "-273.154"),
+        ("int", "q", "100"),
+        ("None", "xxxxxx?x", "None"),
+        ("bool", "xxxxxxx?", "True"),
+    ] {
+        assert!(
+            text.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.get(1) == Some(&ty) && cells.get(2) == Some(&format) && l.ends_with(value)
+            }),
+            "{ty} {value} in\n{text}"
+        );
+    }
+
+    // --hex (or a range) hexdumps the same segment instead.
+    let out = shmkit(&["show", "--hex", &name]);
+    assert!(stdout(&out).contains("00000000: 06 00 00 00"), "{out:?}");
+    let out = shmkit(&["show", "--json", &name]);
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["items"][2]["value"], -273.154);
+    assert_eq!(doc["items"][1]["hex"], "486f576459");
+    drop(list);
+}
+
+#[test]
+fn inspecting_leaves_no_trace_in_the_segment_s_users() {
+    let name = unique("quiet");
+    let shm = SharedMemory::create_named(&name, 64).unwrap();
+    let _guard = Unlink(name.clone());
+    // While ls reads the segment it takes no lock: a shmkit process could
+    // always add its own shared lock, and nothing but this test is a user.
+    let me = [u64::from(std::process::id())];
+    let entry = ls_entry_when(&name, |e| user_pids(e) == me);
+    assert_eq!(user_pids(&entry), me);
+    assert_eq!(entry["locks"].as_array().unwrap().len(), 1, "{entry}");
+    drop(shm);
+    let entry = ls_entry_when(&name, |e| e["state"] == "leaked");
+    assert_eq!(entry["state"], "leaked", "{entry}");
+    assert_eq!(entry["holds"]["kind"], "data");
+}
+
+#[test]
+fn a_segment_leaked_by_a_killed_creator_is_collected() {
+    let name = unique("leak");
+    let _guard = Unlink(name.clone());
+    let mut holder = Holder::start(&name);
+    assert!(user_pids(&ls_entry(&name)).contains(&holder.pid()));
+    holder.kill();
+
+    let entry = ls_entry_when(&name, |e| e["state"] == "leaked");
+    assert_eq!(entry["state"], "leaked", "{entry}");
+    assert!(entry["users"].as_array().unwrap().is_empty());
+
+    let out = shmkit(&["gc", "--dry-run", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).lines().collect::<Vec<_>>().len(), 1, "{out:?}");
+    assert!(stdout(&out).starts_with(&format!("would remove {name} ")));
+    assert!(shmkit::exists(&name), "--dry-run removed it");
+
+    let out = shmkit(&["gc", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).starts_with(&format!("removed {name} ")),
+        "{out:?}"
+    );
+    assert!(!shmkit::exists(&name));
+}
+
+#[test]
+fn a_segment_a_live_child_uses_is_left_alone() {
+    let name = unique("busy");
+    let _guard = Unlink(name.clone());
+    let mut holder = Holder::start(&name);
+    let entry = ls_entry_when(&name, |e| user_pids(e) == [holder.pid()]);
+    assert_eq!(entry["state"], "in_use");
+    assert_eq!(user_pids(&entry), [holder.pid()], "{entry}");
+
+    let out = shmkit(&["gc", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "");
+    let out = shmkit(&["rm", &name]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("in use by {}", holder.pid())) && err.contains("not removed"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(shmkit::exists(&name));
+
+    holder.kill();
+    let out = shmkit(&["rm", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), format!("removed {name}\n"));
+    assert!(!shmkit::exists(&name));
+}
+
+#[test]
+fn a_bare_descriptor_without_a_lock_counts_as_use() {
+    let name = unique("fd");
+    let shm = SharedMemory::create_named(&name, 64).unwrap();
+    let _guard = Unlink(name.clone());
+    // A child with only a plain descriptor on it: no lock, no mapping. It
+    // opens the file itself: a descriptor of ours left open for it to inherit
+    // would leak into every child the other tests start meanwhile.
+    let mut sleeper = Command::new("sh")
+        .args(["-c", &format!("exec 3</dev/shm/{name} && exec sleep 60")])
+        .spawn()
+        .unwrap();
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(shm);
+
+    let sleeper_pid = [u64::from(sleeper.id())];
+    let entry = ls_entry_when(&name, |e| user_pids(e) == sleeper_pid);
+    assert_eq!(user_pids(&entry), sleeper_pid, "{entry}");
+    assert!(entry["locks"].as_array().unwrap().is_empty(), "{entry}");
+    let other = unique("fd_free");
+    drop(SharedMemory::create_named(&other, 8).unwrap());
+    let _guard2 = Unlink(other.clone());
+    ls_entry_when(&other, |e| e["state"] == "leaked");
+    // One name in use and one free: the free one goes, the status says 3.
+    let out = shmkit(&["rm", &name, &other]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(stderr(&out).contains(&format!("in use by {} (sleep)", sleeper.id())));
+    assert_eq!(stdout(&out), format!("removed {other}\n"));
+    assert!(shmkit::exists(&name) && !shmkit::exists(&other));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+#[test]
+fn bad_names_missing_segments_and_no_permission_are_one_line_errors() {
+    let missing = unique("missing");
+    for args in [
+        vec!["show", "a/b"],
+        vec!["rm", "a/b"],
+        vec!["gc", "a/b"],
+        vec!["show", ""],
+        vec!["show", &missing],
+        vec!["rm", &missing],
+    ] {
+        let out = shmkit(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("shmkit: ") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(
+            err.contains("does not exist") || err.contains("invalid shared memory name"),
+            "{err}"
+        );
+    }
+    // A usage error is status 2, and the help lists the statuses.
+    assert_eq!(shmkit(&["rm"]).status.code(), Some(2));
+    assert!(stdout(&shmkit(&["rm", "--help"])).contains("Exit status:"));
+
+    // No permission: a segment with mode 000, looked at by a user who is
+    // not its owner's root (as nobody when this test runs as root).
+    let name = unique("noperm");
+    let shm = Options::new().mode(0).create_named(&name, 16).unwrap();
+    let _guard = Unlink(name.clone());
+    drop(shm);
+    for args in [["show", name.as_str()], ["rm", name.as_str()]] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shmkit"));
+        cmd.args(args);
+        if rustix::process::geteuid().is_root() {
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("permission denied"), "{err}");
+    }
+    assert!(shmkit::exists(&name));
+}
