@@ -9,17 +9,17 @@ SHELL := /bin/bash
 FUZZ_SECONDS ?= 30
 PYTHONS ?= 3.11 3.13
 DEMO_PYTHON ?= 3.11
-PIP_PACKAGES := maturin pytest numpy hypothesis mypy
+PIP_PACKAGES := maturin pytest numpy hypothesis mypy matplotlib
 CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
 .PRECIOUS: .venv-%/.installed .venv-%/.developed
 
-.PHONY: demo test rust-test python-test fuzz venvs develop clean-venvs shm-check-start shm-check-end
+.PHONY: demo test rust-test python-test fuzz venvs develop clean-venvs shm-check-start shm-check-end bench bench-quick
 
 demo: .venv-$(DEMO_PYTHON)/.developed
 	.venv-$(DEMO_PYTHON)/bin/python -m shmkit demo
 
-test: shm-check-start rust-test python-test fuzz shm-check-end
+test: shm-check-start rust-test python-test bench-quick fuzz shm-check-end
 
 rust-test:
 	cargo fmt --all --check
@@ -31,6 +31,16 @@ python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	  echo "=== pytest on CPython $$v ==="; \
 	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
 	done
+
+# Every benchmark on every Python in PYTHONS and the Rust API, stdlib and
+# shmkit alternating; writes docs/benchmarks.md and docs/benchmarks.png.
+bench: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
+	.venv-$(DEMO_PYTHON)/bin/python bench/run.py $(foreach v,$(PYTHONS),--python $(v))
+
+# A small run of the same, so CI keeps the command working (ratios are not
+# judged); writes target/bench-quick/. Fails if any workload fails.
+bench-quick: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
+	.venv-$(DEMO_PYTHON)/bin/python bench/run.py --quick $(foreach v,$(PYTHONS),--python $(v))
 
 # Every decoder of outside bytes has a cargo-fuzz target; each runs for
 # FUZZ_SECONDS. The toolchain here is stable, so RUSTC_BOOTSTRAP lets
