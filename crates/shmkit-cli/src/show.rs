@@ -77,30 +77,36 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
         let items = list
             .items
             .iter()
-            .map(|i| match &i.item {
-                Ok((ty, format, value)) => ItemJson {
-                    index: i.index,
-                    slot: i.slot,
-                    type_name: Some(ty.type_name()),
-                    format: Some(format.clone()),
-                    value: Some(json_value(value)),
-                    repr: Some(pyrepr::value(value)),
-                    hex: match value {
-                        Value::Bytes(b) => Some(b.iter().map(|b| format!("{b:02x}")).collect()),
-                        _ => None,
+            .map(|i| {
+                let (type_name, format) = match &i.kind {
+                    Ok((ty, format)) => (Some(ty.type_name()), Some(format.clone())),
+                    Err(_) => (None, None),
+                };
+                match &i.value {
+                    Ok(value) => ItemJson {
+                        index: i.index,
+                        slot: i.slot,
+                        type_name,
+                        format,
+                        value: Some(json_value(value)),
+                        repr: Some(pyrepr::value(value)),
+                        hex: match value {
+                            Value::Bytes(b) => Some(b.iter().map(|b| format!("{b:02x}")).collect()),
+                            _ => None,
+                        },
+                        error: None,
                     },
-                    error: None,
-                },
-                Err(e) => ItemJson {
-                    index: i.index,
-                    slot: i.slot,
-                    type_name: None,
-                    format: None,
-                    value: None,
-                    repr: None,
-                    hex: None,
-                    error: Some(e.clone()),
-                },
+                    Err(e) => ItemJson {
+                        index: i.index,
+                        slot: i.slot,
+                        type_name,
+                        format,
+                        value: None,
+                        repr: None,
+                        hex: None,
+                        error: Some(e.clone()),
+                    },
+                }
             })
             .collect();
         let doc = ListJson {
@@ -125,21 +131,16 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
     let rows: Vec<[String; 5]> = list
         .items
         .iter()
-        .map(|i| match &i.item {
-            Ok((ty, format, value)) => [
-                i.index.to_string(),
-                ty.type_name().to_owned(),
-                format.clone(),
-                i.slot.to_string(),
-                pyrepr::value(value),
-            ],
-            Err(e) => [
-                i.index.to_string(),
-                "?".to_owned(),
-                "?".to_owned(),
-                i.slot.to_string(),
-                format!("<unreadable: {e}>"),
-            ],
+        .map(|i| {
+            let (ty, format) = match &i.kind {
+                Ok((ty, format)) => (ty.type_name().to_owned(), format.clone()),
+                Err(_) => ("?".to_owned(), "?".to_owned()),
+            };
+            let value = match &i.value {
+                Ok(value) => pyrepr::value(value),
+                Err(e) => format!("<unreadable: {e}>"),
+            };
+            [i.index.to_string(), ty, format, i.slot.to_string(), value]
         })
         .collect();
     let header = ["INDEX", "TYPE", "FORMAT", "SLOT", "VALUE"];

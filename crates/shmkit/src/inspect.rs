@@ -643,10 +643,12 @@ pub struct ListItem {
     pub index: usize,
     /// Its slot's size in bytes.
     pub slot: usize,
-    /// Its type and format (e.g. `"8s"`) and value, or why they could not
-    /// be read (an item being rewritten, a `str` cut in the middle of a
-    /// character by CPython, …).
-    pub item: Result<(ItemType, String, Value), String>,
+    /// Its type and format (e.g. `"8s"`), or why they are not those of a
+    /// list item (an item caught while another process rewrote it, …).
+    pub kind: Result<(ItemType, String), String>,
+    /// Its value, or why it could not be read (the above, or a `str` that
+    /// CPython cut in the middle of a character, …).
+    pub value: Result<Value, String>,
 }
 
 /// A copy of a list, read item by item.
@@ -659,13 +661,13 @@ pub struct ListCopy {
 }
 
 impl ListCopy {
-    /// All formats joined, as CPython's `ShareableList.format`; items that
-    /// could not be read add nothing.
+    /// All formats joined, as CPython's `ShareableList.format`; items whose
+    /// format is not one a list writes add nothing.
     pub fn format(&self) -> String {
         self.items
             .iter()
-            .filter_map(|i| i.item.as_ref().ok())
-            .map(|(_, f, _)| f.as_str())
+            .filter_map(|i| i.kind.as_ref().ok())
+            .map(|(_, f)| f.as_str())
             .collect()
     }
 }
@@ -679,7 +681,7 @@ impl ListCopy {
 /// let list = ShareableList::create(&[ValueRef::Float(2.5), ValueRef::None])?;
 /// let copy = inspect::read_list(list.shm().name())?.unwrap();
 /// assert_eq!(copy.format(), "dxxxxxx?x");
-/// assert_eq!(copy.items[0].item.as_ref().unwrap().2, Value::Float(2.5));
+/// assert_eq!(copy.items[0].value, Ok(Value::Float(2.5)));
 /// list.shm().unlink()?;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
@@ -691,14 +693,19 @@ pub fn read_list(name: &str) -> Result<Option<ListCopy>> {
     let items = (0..layout.len())
         .map(|i| {
             let at = i as isize;
-            let item = layout
+            let kind = layout
                 .item_type(&src, at)
-                .and_then(|ty| Ok((ty, layout.item_format(&src, at)?, layout.get(&src, at)?)))
+                .and_then(|ty| Ok((ty, layout.item_format(&src, at)?)))
                 .map_err(|e| e.to_string());
+            let value = match &kind {
+                Ok(_) => layout.get(&src, at).map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
             ListItem {
                 index: i,
                 slot: layout.slot(i).len(),
-                item,
+                kind,
+                value,
             }
         })
         .collect();
