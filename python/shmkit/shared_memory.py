@@ -9,7 +9,6 @@ difference is listed in ``docs/compat.md``.
 
 from __future__ import annotations
 
-import operator
 import os
 import types
 from functools import partial
@@ -26,9 +25,6 @@ _O_CREX = os.O_CREAT | os.O_EXCL
 #: ``rename()`` flags, with the values CPython gives them.
 SHM_RENAME_NOREPLACE = _shmkit.SHM_RENAME_NOREPLACE
 SHM_RENAME_EXCHANGE = _shmkit.SHM_RENAME_EXCHANGE
-
-
-
 
 # A random "/psm_xxxxxxxx" name; native, so creating costs no Python frame.
 # Tests patch this module global, and SharedMemory looks it up at each create.
