@@ -30,6 +30,9 @@ python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	@set -e; for v in $(PYTHONS); do \
 	  echo "=== pytest on CPython $$v ==="; \
 	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
+	  echo "=== mypy.stubtest on CPython $$v ==="; \
+	  .venv-$$v/bin/python -m mypy.stubtest shmkit --mypy-config-file tests/stubtest-mypy.ini \
+	    --allowlist tests/stubtest-allowlist.txt; \
 	done
 
 # Every benchmark on every Python in PYTHONS and the Rust API, stdlib and
