@@ -260,6 +260,30 @@ def test_a_segment_a_live_child_uses_is_left_alone(segments, children, how):
     assert not h.segment_exists(name)
 
 
+IDLE_TRACKED = """
+    import time
+    from shmkit.shared_memory import SharedMemory
+    SharedMemory({name!r}, create=True, size=4096).close()  # tracked, then unused
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_an_unused_segment_that_a_live_shmkit_process_tracks_is_idle(segments, children):
+    name = segments.name("idle")
+    child = children(IDLE_TRACKED, name=name)
+    entry = ls_entry(name, until=lambda e: e["users"] == [])
+    assert entry["state"] == "idle" and entry["tracked_by"] == [child.pid], entry
+    gc = shmkit("gc", name)
+    assert gc.returncode == 0 and gc.stdout == "", gc
+    assert h.segment_exists(name)
+    child.kill()  # its tracker unlinks it now
+    deadline = time.monotonic() + 5
+    while h.segment_exists(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not h.segment_exists(name)
+
+
 def test_bad_names_and_missing_segments_are_one_line_errors(segments):
     missing = segments.name("missing")
     for args in (["show", "a/b"], ["rm", "a/b"], ["gc", "a/b"], ["show", missing], ["rm", missing]):

@@ -89,9 +89,13 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool) -> i32 {
         })
         .collect();
     let procs = Processes::scan(&considered);
+    // Unused but tracked by a live shmkit process: idle, not leaked.
+    let tracked = inspect::tracked();
     let leaked: Vec<_> = considered
         .iter()
-        .filter(|s| procs.usage(s) == Usage::Leaked)
+        .filter(|s| {
+            procs.usage(s) == Usage::Leaked && out::live_trackers(&tracked, &s.name).is_empty()
+        })
         .collect();
     let unknown = considered
         .iter()

@@ -58,8 +58,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List every segment in /dev/shm: size, mode, owner, age, the processes
-    /// that use it, whether a shmkit tracker tracks it, whether it leaked
-    /// (every user gone), and what it holds.
+    /// that use it, the shmkit processes tracking it, its state, and what it
+    /// holds.
+    ///
+    /// States: "in use"; "idle" (unused, but a live shmkit process tracks
+    /// it: its tracker unlinks it when that process tree exits); "leaked"
+    /// (every user gone, nobody will unlink it); "unknown" (see below).
     ///
     /// Nothing is disturbed: segments are read with pread on a read-only
     /// descriptor, never mapped, locked or tracked. Users come from
@@ -108,8 +112,8 @@ enum Command {
         names: Vec<String>,
     },
     /// Unlink leaked segments: those that no live process maps, holds open
-    /// or locks. Each is checked again as `rm` checks it just before it is
-    /// unlinked.
+    /// or locks, and no live shmkit process tracks. Each is checked again as
+    /// `rm` checks it just before it is unlinked.
     ///
     /// With NAMEs or --prefix, only those segments are considered.
     #[command(after_help = EXIT_CODES)]

@@ -30,7 +30,8 @@ struct Entry {
     /// Seconds since the epoch.
     created: f64,
     age_seconds: f64,
-    /// `in_use`, `leaked` or `unknown`.
+    /// `in_use`; `idle` (unused, but a live shmkit process tracks it);
+    /// `leaked` (every user gone); or `unknown` (see `unreadable_processes`).
     state: &'static str,
     users: Vec<User>,
     locks: Vec<Lock>,
@@ -94,9 +95,10 @@ impl Holds {
     }
 }
 
-fn state_name(usage: Usage) -> &'static str {
+fn state_name(usage: Usage, live_trackers: &[i32]) -> &'static str {
     match usage {
         Usage::InUse => "in_use",
+        Usage::Leaked if !live_trackers.is_empty() => "idle",
         Usage::Leaked => "leaked",
         Usage::Unknown => "unknown",
     }
@@ -167,7 +169,7 @@ fn entry(
         gid: s.gid,
         created,
         age_seconds: s.age().as_secs_f64(),
-        state: state_name(procs.usage(s)),
+        state: state_name(procs.usage(s), &out::live_trackers(tracked, &s.name)),
         users: users_of(&users),
         locks: users
             .locks

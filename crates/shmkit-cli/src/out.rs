@@ -97,6 +97,22 @@ pub fn user_names() -> HashMap<u32, String> {
         .collect()
 }
 
+/// The live processes among the shmkit trackers of segment `name`: while
+/// one lives, its tracker will unlink the segment when its process tree
+/// exits, and it may attach again meanwhile, so an unused segment it tracks
+/// is idle, not leaked.
+pub fn live_trackers(tracked: &HashMap<String, Vec<i32>>, name: &str) -> Vec<i32> {
+    tracked
+        .get(name)
+        .map(|pids| {
+            pids.iter()
+                .copied()
+                .filter(|p| *p > 0 && std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `1234 (python3), 5678 (shmkit)`.
 pub fn pid_list(pids: &[u32]) -> String {
     pids.iter()
