@@ -362,3 +362,8 @@ def test_demo_stays_python_and_the_rest_is_native():
     assert demo.returncode == 0 and "--workers" in demo.stdout
     version = shmkit("--version")
     assert version.returncode == 0 and version.stdout.startswith("shmkit ")
+    # The script `pip install` makes (maturin develop makes it too).
+    script = os.path.join(os.path.dirname(sys.executable), "shmkit")
+    if os.path.exists(script):
+        listing = subprocess.run([script, "ls", "--json"], capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0 and "segments" in json.loads(listing.stdout)

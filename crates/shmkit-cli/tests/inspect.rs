@@ -369,3 +369,18 @@ fn bad_names_missing_segments_and_no_permission_are_one_line_errors() {
     }
     assert!(shmkit::exists(&name));
 }
+
+#[test]
+fn demo_says_how_to_install_the_python_package_when_it_cannot_run() {
+    for python in ["/nonexistent/python3", "false"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_shmkit"))
+            .args(["demo", "--workers", "2"])
+            .env("SHMKIT_PYTHON", python)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{python}: {out:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("pip install shmkit"), "{err}");
+    }
+}
