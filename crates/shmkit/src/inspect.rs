@@ -687,9 +687,14 @@ impl ListCopy {
 /// ```
 pub fn read_list(name: &str) -> Result<Option<ListCopy>> {
     let file = ReadOnly::open(name)?;
-    let Some((layout, src)) = recognise(&file) else {
+    let Some((layout, mut src)) = recognise(&file) else {
         return Ok(None);
     };
+    // One copy of the items too, unless that is large: then each is read
+    // when it is decoded.
+    if src.size <= MAX_LIST_METADATA {
+        src.pieces.push((0, file.copy(0, src.size)?));
+    }
     let items = (0..layout.len())
         .map(|i| {
             let at = i as isize;
@@ -915,6 +920,18 @@ mod tests {
         let _ = list.shm().unlink();
         let _ = plain.unlink();
         let _ = zeros16.unlink();
+        // Counts that the size cannot hold, or a table that is not one.
+        let liar = SharedMemory::create(4096).unwrap();
+        let mut lies = Vec::new();
+        for count in [i64::MAX, -1, 200, 0] {
+            liar.write_at(0, &count.to_ne_bytes()).unwrap();
+            liar.write_at(8, &[0xff; 64]).unwrap();
+            lies.push(contents(liar.name()));
+        }
+        let _ = liar.unlink();
+        for lie in lies {
+            assert_eq!(lie.unwrap(), Contents::Data);
+        }
         assert_eq!(got.unwrap(), Contents::ShareableList { len: 2 });
         assert_eq!(plain_got.unwrap(), Contents::Data);
         // An empty list is 16 zero bytes.
