@@ -52,13 +52,25 @@ fn ls_entry(name: &str) -> Json {
     let out = shmkit(&["ls", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let listing: Json = serde_json::from_slice(&out.stdout).expect("ls --json is JSON");
-    listing["segments"]
+    let mut entry = listing["segments"]
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("{name} not in {listing}"))
-        .clone()
+        .clone();
+    // For the failure messages: what could not be inspected, and by whom.
+    let unreadable: Vec<String> = listing["unreadable_processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} ({})", comm.trim())
+        })
+        .collect();
+    entry["unreadable"] = unreadable.into();
+    entry
 }
 
 /// The `ls --json` entry of `name` once `ready` holds for it (or after 5 s).
