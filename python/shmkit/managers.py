@@ -223,6 +223,15 @@ class SharedMemoryManager:
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
                  shutdown_timeout=_SHUTDOWN_TIMEOUT):
+        """``address`` is where the server listens (``start()``) or is
+        reached (``connect()``): a socket path, a ``b'\\0…'`` abstract
+        name, or ``(host, port)``; None lets ``start()`` choose a fresh
+        ``0600`` socket. ``authkey`` defaults to this process's
+        ``multiprocessing`` authkey. Only the ``'pickle'`` serializer
+        exists; ``ctx`` is accepted for compatibility and ignored (the
+        manager process is always forked). ``shutdown_timeout`` is how long
+        ``shutdown()`` waits for the manager process before terminating it.
+        """
         if authkey is None:
             authkey = process.current_process().authkey
         if not isinstance(authkey, bytes):
@@ -243,6 +252,8 @@ class SharedMemoryManager:
 
     @property
     def address(self):
+        """The server's address: the one given, or the one ``start()``
+        chose."""
         return self._address
 
     def _check_startable(self):
@@ -357,11 +368,15 @@ class SharedMemoryManager:
             self._process.join(timeout)
 
     def get_server(self):
+        """Not available: CPython returns an in-process ``Server`` to run
+        with ``serve_forever()``; shmkit's server is native. Raises
+        ``NotImplementedError``; run ``shmkit serve`` instead."""
         raise NotImplementedError(
             "shmkit's manager server is native: use start(), or run `shmkit serve`"
         )
 
     def __enter__(self):
+        """Starts the manager if it is not started yet; returns it."""
         if self._state.value == _State.INITIAL:
             self.start()
         if self._state.value != _State.STARTED:
@@ -369,9 +384,13 @@ class SharedMemoryManager:
         return self
 
     def __exit__(self, exc_type, exc_val, exc_tb):
+        """``shutdown()``: every segment made through the manager is
+        unlinked."""
         self.shutdown()
 
     def __reduce__(self):
+        """Refuses to pickle (a manager owns a process); pass its
+        ``address`` and ``authkey`` and ``connect()`` instead."""
         raise TypeError("a SharedMemoryManager cannot be pickled; pass its address and authkey")
 
     # -- requests ----------------------------------------------------------

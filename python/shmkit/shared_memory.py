@@ -55,9 +55,12 @@ class SharedMemory(_shmkit.SharedMemoryBase):
     __slots__ = ()
 
     def __reduce__(self):
+        """Pickles as CPython does: by name, so unpickling attaches to the
+        same block (``FileNotFoundError`` once it is unlinked)."""
         return (self.__class__, (self.name, False, self.size))
 
     def __repr__(self):
+        """``SharedMemory('psm_…', size=N)``, as CPython's."""
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
 
     def rename(self, newname, flags=0):
@@ -96,9 +99,12 @@ class ShareableList(_shmkit.ShareableListBase):
     __slots__ = ()
 
     def __reduce__(self):
+        """Pickles as CPython does: by the block's name, so unpickling
+        attaches to the same list."""
         return partial(self.__class__, name=self.shm.name), ()
 
     def __repr__(self):
+        """``ShareableList([...], name='psm_…')``, as CPython's."""
         return f"{self.__class__.__name__}({list(self)}, name={self.shm.name!r})"
 
     __class_getitem__ = classmethod(types.GenericAlias)

@@ -185,26 +185,32 @@ impl ManagerClient {
         self.address.clone_ref(py)
     }
 
+    /// Asks the server to unlink segment `name` when it shuts down.
     fn track_segment(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         py.detach(|| self.client.track_segment(name))
             .map_err(|e| manager_err(py, e))
     }
 
+    /// Asks the server to unlink segment `name` now and forget it.
     fn release_segment(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         py.detach(|| self.client.release_segment(name))
             .map_err(|e| manager_err(py, e))
     }
 
+    /// The names of the segments the server tracks.
     fn list_segments(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         py.detach(|| self.client.list_segments())
             .map_err(|e| manager_err(py, e))
     }
 
+    /// Asks the server to unlink every tracked segment and stop.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.client.shutdown())
             .map_err(|e| manager_err(py, e))
     }
 
+    /// A request that does nothing: checks that the server answers and
+    /// that the authkey is right, as CPython's `connect()` does.
     fn dummy(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.client.dummy())
             .map_err(|e| manager_err(py, e))

@@ -16,6 +16,9 @@ use crate::errors::to_pyerr;
 use crate::segment::Segment;
 use crate::shared_memory_module;
 
+/// The native half of `shmkit.shared_memory.ShareableList`: a fixed-length
+/// list of int, float, bool, str, bytes and None in a shared memory block,
+/// in CPython's layout, with every item read and written natively.
 #[pyclass(subclass, dict, weakref, module = "shmkit._shmkit")]
 pub(crate) struct ShareableListBase {
     /// The `SharedMemory` the list lives in, as CPython exposes it.

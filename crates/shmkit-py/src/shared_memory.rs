@@ -23,6 +23,9 @@ const O_CREAT: i32 = OFlags::CREATE.bits() as i32;
 const O_EXCL: i32 = OFlags::EXCL.bits() as i32;
 const O_RDWR: i32 = OFlags::RDWR.bits() as i32;
 
+/// The native half of `shmkit.shared_memory.SharedMemory`: a block of
+/// shared memory, created or attached to by name, whose mapping lives as
+/// long as anything (a memoryview, a numpy array) refers to it.
 #[pyclass(subclass, dict, weakref, module = "shmkit._shmkit")]
 pub(crate) struct SharedMemoryBase {
     /// The name as opened, with CPython's leading slash (`/psm_…`).
@@ -32,8 +35,10 @@ pub(crate) struct SharedMemoryBase {
     /// The memoryview of `buf`, made on first use.
     #[pyo3(get, set)]
     _buf: Option<Py<PyAny>>,
+    /// The size of the block in bytes (CPython's private `_size`).
     #[pyo3(get)]
     _size: usize,
+    /// Whether this process's leak tracker watches the block (`track=`).
     #[pyo3(get, set)]
     _track: bool,
 }
@@ -53,9 +58,16 @@ impl SharedMemoryBase {
         }
     }
 
-    /// CPython's argument checks, in its order and with its messages, then
-    /// the open. `_flags`, `_mode` and `_prepend_leading_slash` are read from
-    /// the instance, so a subclass that overrides them is honoured.
+    /// `SharedMemory(name=None, create=False, size=0, *, track=True)`:
+    /// with `create=True`, makes a new block of `size` bytes (named `name`,
+    /// or a fresh `psm_xxxxxxxx`), reserving its pages so that a full
+    /// `/dev/shm` is an `OSError(ENOSPC)` now rather than a SIGBUS later;
+    /// otherwise attaches to the existing block `name` at its full size.
+    /// With `track=True`, the block is unlinked once every process using it
+    /// has gone without unlinking it. CPython's argument checks, in its
+    /// order and with its messages; `_flags`, `_mode` and
+    /// `_prepend_leading_slash` are read from the instance, so a subclass
+    /// that overrides them is honoured.
     #[pyo3(signature = (name=None, create=None, size=None, *, track=None))]
     fn __init__(
         slf: &Bound<'_, Self>,
