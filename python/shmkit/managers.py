@@ -228,8 +228,8 @@ class SharedMemoryManager:
         name, or ``(host, port)``; None lets ``start()`` choose a fresh
         ``0600`` socket. ``authkey`` defaults to this process's
         ``multiprocessing`` authkey. Only the ``'pickle'`` serializer
-        exists; ``ctx`` is accepted for compatibility and ignored (the
-        manager process is always forked). ``shutdown_timeout`` is how long
+        exists; ``ctx`` is accepted for compatibility and ignored (``start()``
+        says how the manager process starts). ``shutdown_timeout`` is how long
         ``shutdown()`` waits for the manager process before terminating it.
         """
         if authkey is None:
