@@ -73,6 +73,11 @@ def _import_tests():
 # see the same module.
 
 if not INSTALL_MODE:
+    if os.environ.get("SHMKIT_INSTALL") == "1":
+        # Every interpreter of this environment would have shmkit installed
+        # at start-up, whatever SHM_IMPL says.
+        sys.stderr.write("run_cpython: SHMKIT_INSTALL=1 is set: unset it, or use --install\n")
+        raise SystemExit(2)
     try:
         _impl = importlib.import_module(IMPL_NAME)
     except ImportError as _e:

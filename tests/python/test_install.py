@@ -254,6 +254,19 @@ SCENARIOS = textwrap.dedent(
         }
 
 
+    def hook_missing():
+        """install() warns when spawn children could not get shmkit."""
+        import shmkit
+        import shmkit._install as inst
+
+        sys.path[:] = [p for p in sys.path if not os.path.isfile(os.path.join(p or ".", inst.PTH_NAME))]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            shmkit.install()
+        shmkit.uninstall()
+        return [str(w.message) for w in caught if w.category is RuntimeWarning]
+
+
     if __name__ == "__main__":
         what, *args = sys.argv[1:]
         print(json.dumps(globals()[what](*args)))
@@ -368,3 +381,8 @@ def test_hook_is_installed():
     path = os.path.join(site, inst.PTH_NAME)
     assert os.path.isfile(path), f"{path} missing: rebuild with `maturin develop`"
     assert inst._hook_present()
+
+
+def test_warns_without_hook(scenario):
+    got = scenario("hook_missing")
+    assert len(got) == 1 and "shmkit_install.pth is not in any sys.path directory" in got[0], got
