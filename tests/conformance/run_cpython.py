@@ -18,12 +18,16 @@ reference/cpython-shared-memory.md §5.
 method this Python has) with nothing patched by this runner: it calls
 ``shmkit.install()`` and then imports ``test._test_multiprocessing``, so the
 tests, their spawn and forkserver children and the interpreters they start
-by hand all get shmkit through install() alone. Tests where shmkit differs
-by design are expected to fail in the exact way INSTALL_EXPECTED_FAILURES
-says, with the reason; the run fails if one passes or fails otherwise.
+by hand all get shmkit through install() alone, and it checks that a child
+of each start method does. Tests where shmkit differs by design are
+expected to fail in the exact way INSTALL_EXPECTED_FAILURES says, with the
+reason; the run fails if one passes or fails otherwise. Tests whose outcome
+is a race (INSTALL_LEFT_OUT) are named in the output with the reason and
+left out, unless named on the command line.
 
 Positional arguments select tests: group names (see GROUPS; default
-``shared_memory``, ``shareable_list`` and ``manager``), test method names, or
+``shared_memory``, ``shareable_list``, ``manager`` and ``tracker``; ``class``
+is every test of the class), test method names, or
 ``Class.method``. Tests that this Python's test suite does not have (3.11
 spells ``..._cration``, 3.13 ``..._creation``) are left out of a group with
 a note. Exits 0 only if at least one test ran and none failed.
