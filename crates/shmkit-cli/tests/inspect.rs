@@ -396,3 +396,52 @@ fn demo_says_how_to_install_the_python_package_when_it_cannot_run() {
         assert!(err.contains("pip install shmkit"), "{err}");
     }
 }
+
+/// A CPython with the stdlib (3.13, else 3.11), or `None`.
+fn python() -> Option<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/find-python");
+    ["3.13", "3.11"].iter().find_map(|version| {
+        let out = Command::new(&script).arg(version).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    })
+}
+
+#[test]
+fn show_decodes_a_list_the_stdlib_made() {
+    let Some(python) = python() else {
+        eprintln!("no CPython 3.11 or 3.13 found: skipping");
+        return;
+    };
+    let name = unique("stdlib");
+    let _guard = Unlink(name.clone());
+    // Made, then left for us: closed, and forgotten by its resource tracker.
+    let made = Command::new(python)
+        .args([
+            "-c",
+            "import sys\n\
+             from multiprocessing import resource_tracker, shared_memory\n\
+             sl = shared_memory.ShareableList(['a', 2, 3.5, None, b'x'], name=sys.argv[1])\n\
+             resource_tracker.unregister(sl.shm._name, 'shared_memory')\n\
+             sl.shm.close()\n",
+            &name,
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+
+    let entry = ls_entry(&name);
+    assert_eq!(entry["holds"]["items"], 5, "{entry}");
+    let out = shmkit(&["show", "--json", &name]);
+    assert!(out.status.success(), "{out:?}");
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "8sqdxxxxxx?x8s");
+    let reprs: Vec<&str> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["repr"].as_str().unwrap())
+        .collect();
+    assert_eq!(reprs, ["'a'", "2", "3.5", "None", "b'x'"]);
+}
