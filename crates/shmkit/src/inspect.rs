@@ -22,6 +22,10 @@
 //! tracker's `LOCK_EX | LOCK_NB` probe: a probe that succeeds holds the
 //! segment exclusively for a moment, and a shmkit process opening it at that
 //! moment would lose its mark. Only [`remove`] takes that lock, on purpose.
+//! The kernel leaves out of `/proc/locks` a lock whose taker has exited
+//! (a fork child that inherited the descriptor still holds it: its
+//! descriptor shows the use) or lives in another pid namespace (a container
+//! sharing this `/dev/shm`: invisible here, but [`remove`]'s lock sees it).
 //!
 //! Without root, the maps and descriptors of other users' processes cannot
 //! be read. A segment with no user in sight and no lock is then
