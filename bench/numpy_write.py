@@ -17,9 +17,13 @@ memory:
                  SIGBUS here: the row charges that to it);
 * warm        -- the same copy again into the same, now mapped, pages.
 
-The source is a private array whose pages are already touched. CPU time
-(page faults are kernel time of this process, so they count). Rounds,
-medians and ratios as in bench/_common.py; "private" is the floor.
+The source is a private array whose pages are already touched. numpy's
+request for transparent huge pages is turned off, so that private memory is
+faulted in 4 KiB pages as /dev/shm is here (with huge pages, which the
+kernel grants only when it has some free, private first touch swings by 2×
+from round to round). CPU time (page faults are kernel time of this
+process, so they count). Rounds, medians and ratios as in bench/_common.py;
+"private" is the floor.
 """
 
 import _common as common
@@ -71,6 +75,20 @@ def batch(impl, mods, src, clock):
             release()
 
 
+def same_page_size_as_shm():
+    """Stops numpy from asking for transparent huge pages (madvise) for its
+    arrays; returns whether it could."""
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:
+        from numpy.core import multiarray  # numpy 1
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    if setter is None:
+        return False
+    setter(False)
+    return True
+
+
 def main():
     ap = common.parser(__doc__, rounds=(9, 3))
     ap.add_argument("--size", type=int, metavar="MiB",
@@ -85,6 +103,7 @@ def main():
     from shmkit import shared_memory as sk_mod
 
     mods = {"stdlib": std_mod, "shmkit": sk_mod}
+    small_pages = same_page_size_as_shm()
     src = np.ones(size_mib * MiB, dtype=np.uint8)  # touched: its faults are not timed
     first = {i: [] for i in IMPLS}
     warm = {i: [] for i in IMPLS}
@@ -103,13 +122,13 @@ def main():
         common.make_row("first_touch", f"create + write {size}, first touch", first, compare),
         common.make_row("warm", f"write {size}, warm", warm, compare),
     ]
-    notes = []
+    notes = [] if small_pages else ["numpy may give private arrays huge pages here"]
     for row in rows:
         rates = ", ".join(f"{impl} {size_mib * MiB / (c['median_us'] * 1e3):.1f} GB/s"
                           for impl, c in row["results"].items())
         notes.append(f"{row['label']}: {rates}")
     result = {"group": "numpy_write", "title": f"Writing {size} through numpy",
-              "meta": common.meta(args, size_mib=size_mib), "rows": rows, "notes": notes}
+              "meta": common.meta(args, size_mib=size_mib, private_huge_pages=not small_pages), "rows": rows, "notes": notes}
     common.emit(result, args.json)
 
 

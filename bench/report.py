@@ -28,10 +28,9 @@ ABOUT = {
         "`np.copyto` of a private array into a numpy view of a fresh segment "
         "(*first touch*: includes creating the segment and faulting in every page) "
         "and again into the same pages (*warm*), against the same copy into "
-        "**private** memory (`np.empty`): the physical limit. CPU time. numpy asks "
-        "for transparent huge pages for private arrays, and when the kernel has some "
-        "free, private first touch faults far fewer times (hence its spread); "
-        "/dev/shm gets none here."
+        "**private** memory (`np.empty`): the physical limit. CPU time. numpy's "
+        "request for transparent huge pages is turned off, so private memory is "
+        "faulted in 4 KiB pages as /dev/shm is here."
     ),
     "handoff": (
         "A child process, started beforehand and waiting on a `multiprocessing.Pipe`, "
@@ -286,9 +285,9 @@ def chart(results, path):
         ax.axvline(1.0, color="black", lw=0.8)
         steps = ([0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500] if hi > 10
                  else [0.5, 1, 1.5, 2, 3, 5, 10] if hi > 3
-                 else [0.5, 0.8, 1, 1.1, 1.2, 1.5, 2, 3])
+                 else [0.5, 0.8, 1, 1.2, 1.5, 2, 3])
         ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(
-            [v for v in steps if lo / 1.15 <= v <= hi * 1.5]))
+            [v for v in steps if lo / 1.15 <= v <= hi * 1.4]))
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
         ax.grid(axis="x", alpha=0.3)

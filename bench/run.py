@@ -255,11 +255,13 @@ def machine(command, quick, private, pythons):
     }
 
 
-def run_logged(cmd, env, log):
-    """Runs cmd with its output into the open file log; raises if it fails."""
-    proc = subprocess.Popen(cmd, cwd=common.REPO, env=env, stdout=log, stderr=log)
+def run_logged(cmd, env, log, capture=False):
+    """Runs cmd with its output into the open file log (or, with capture,
+    its stdout returned); raises if it fails."""
+    proc = subprocess.Popen(cmd, cwd=common.REPO, env=env, stderr=log, text=True,
+                            stdout=subprocess.PIPE if capture else log)
     try:
-        proc.wait()
+        stdout, _ = proc.communicate()
     except Interrupted as e:
         proc.send_signal(e.args[0])
         proc.wait()
@@ -269,27 +271,54 @@ def run_logged(cmd, env, log):
         with open(log.name) as f:
             common.log("".join(f.readlines()[-30:]))
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    return stdout
+
+
+def floor_batches(binary, quick):
+    """{floor workload: [ns/op per batch]} for the lifecycle rows, on the
+    wall clock as criterion's."""
+    if binary is None:
+        return {}
+    n, batches = (400, 3) if quick else (2000, 15)
+    recs = common.floor_batch(binary, ["create", "create_ftruncate", "attach"], n,
+                              size=4096, clock="wall", batches=batches)
+    return {k: list(rec["batch_ns"]) for k, rec in recs.items()}
 
 
 def rust_group(quick, data_dir):
     """Runs the criterion benches, reads their medians, and measures the
     floor (wall clock, as criterion) for the lifecycle rows."""
     home = os.path.join(data_dir, "criterion")
-    build = ["cargo", "bench", "-p", "shmkit-bench", "--bench", "segment", "--bench", "list"]
-    cmd = build + ["--", *CRITERION_ARGS, *(CRITERION_QUICK if quick else [])]
+    build = ["cargo", "bench", "-p", "shmkit-bench", "--bench", "segment", "--bench", "list",
+             "--no-run", "--message-format=json-render-diagnostics"]
+    args = ["--bench", *CRITERION_ARGS, *(CRITERION_QUICK if quick else [])]
     # Criterion writes its estimates under CRITERION_HOME: a folder of this
     # run's own, so that results of an older run are never read.
     shutil.rmtree(home, ignore_errors=True)
     env = dict(os.environ, CRITERION_HOME=home)
     log_path = os.path.join(data_dir, "criterion.log")
-    common.log(f"{' '.join(cmd)}  (output: {os.path.relpath(log_path, common.REPO)})")
+    common.log(f"{' '.join(build)}, then each bench with {' '.join(args)}  "
+               f"(output: {os.path.relpath(log_path, common.REPO)})")
+    floor_bin = common.locate_floor()
     with open(log_path, "w") as log:
-        # The build first, timed apart: after a change to the crate it takes
-        # longer than the quick benches themselves.
+        # Build, then run the executables built: the build is timed apart
+        # (after a change to the crate it takes longer than the quick
+        # benches), and a source edited meanwhile cannot trigger a rebuild.
         t = time.monotonic()
-        run_logged(build + ["--no-run"], env, log)
+        built = run_logged(build, env, log, capture=True)
         build_seconds = round(time.monotonic() - t, 1)
-        run_logged(cmd, env, log)
+        benches = [m["executable"] for m in map(json.loads, built.splitlines())
+                   if m.get("reason") == "compiler-artifact" and m.get("executable")
+                   and "bench" in m["target"]["kind"]]
+        if not benches:
+            raise RuntimeError("cargo built no bench executable")
+        # Criterion cannot be interleaved with the floor, so the floor runs
+        # right before and right after it, half its batches each time.
+        floor_ns = floor_batches(floor_bin, quick)
+        for exe in benches:
+            run_logged([exe, *args], env, log)
+        for k, v in floor_batches(floor_bin, quick).items():
+            floor_ns[k] += v
 
     medians = {}
     for bench in glob.glob(os.path.join(home, "**", "new", "benchmark.json"), recursive=True):
@@ -301,13 +330,7 @@ def rust_group(quick, data_dir):
     if missing:
         raise RuntimeError(f"no criterion estimates for {', '.join(missing)}")
 
-    floor_bin = common.locate_floor()
-    floors = {}
-    if floor_bin:
-        n, batches = (400, 5) if quick else (2000, 31)
-        recs = common.floor_batch(floor_bin, ["create", "create_ftruncate", "attach"], n,
-                                  size=4096, clock="wall", batches=batches)
-        floors = {k: rec["median_ns"] for k, rec in recs.items()}
+    floors = {k: common.summarize(v) for k, v in floor_ns.items() if v}
 
     rows = []
     for bench, (label, floor, targets) in CRITERION_ROWS.items():
@@ -319,19 +342,22 @@ def rust_group(quick, data_dir):
         row = {"workload": bench, "label": label, "results": {"shmkit": cell},
                "speedup": {}, "overhead": {}, "delta_us": {}}
         if floor in floors:
-            row["results"]["floor"] = {"median_us": floors[floor] / 1000, "spread": 0.0}
-            row["overhead"]["floor"] = {"ratio": ns / floors[floor], "paired": None}
+            row["results"]["floor"] = floors[floor]
+            row["overhead"]["floor"] = {"ratio": cell["median_us"] / floors[floor]["median_us"],
+                                        "paired": None}
         row["targets"] = [t.as_dict(common.measured(row, t)) for t in targets]
         rows.append(row)
     return {
         "group": "rust",
         "title": "The Rust API (criterion)",
         "meta": {"python": None, "rounds": None, "clock": "wall", "quick": quick,
-                 "command": " ".join(cmd), "build_seconds": build_seconds,
-                 "floor_batches": 5 if quick else 31},
+                 "command": "cargo bench -p shmkit-bench --bench segment --bench list -- "
+                            + " ".join(args[1:]),
+                 "build_seconds": build_seconds},
         "rows": rows,
-        "notes": ["criterion's median estimate (± half its 95% confidence interval); "
-                  "the floor: shm-floor's median, wall clock, right after"],
+        "notes": ["criterion's median estimate; the floor: shm-floor's median over "
+                  "batches run right before and right after criterion, wall clock as "
+                  "criterion's, so these ratios are noisier than the Python ones"],
     }
 
 
