@@ -21,6 +21,29 @@ fn child_helper() {
     let (mode, name) = spec.split_once(':').unwrap();
     let tracked = !mode.contains("untracked");
     let opts = Options::new().track(tracked);
+    if mode.contains("thread") {
+        // The first tracked create happens on a thread that then exits,
+        // closing its handle: the tracker's death wake fires while this
+        // process lives on, and nothing may be unlinked for it.
+        let owned = name.to_owned();
+        std::thread::spawn(move || {
+            Options::new()
+                .track(true)
+                .create_named(&owned, 4096)
+                .unwrap();
+        })
+        .join()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            shmkit::exists(name),
+            "unlinked while its tracker's process lives"
+        );
+        println!("{name}");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        std::process::exit(0);
+    }
     let shm = if mode.starts_with("create") {
         opts.create_named(name, 4096).unwrap()
     } else {
@@ -274,4 +297,17 @@ fn a_killed_watcher_is_relaunched_and_keeps_the_names() {
         err.contains("There appear to be 2 leaked shared_memory objects"),
         "stderr: {err}"
     );
+}
+
+#[test]
+fn a_tracking_thread_that_exits_does_not_count_as_the_process_dying() {
+    let name = unique("thread");
+    let child = spawn("thread", &name);
+    // Not held by anyone, but its tracker's process lives: still there.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(shmkit::exists(&name));
+    let err = finish(child, true);
+    assert!(gone_within(&name, Duration::from_secs(2)), "stderr: {err}");
+    assert!(err.contains(WARNING), "stderr: {err}");
+    cleanup(&name);
 }

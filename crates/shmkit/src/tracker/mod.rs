@@ -49,7 +49,15 @@ const PAGES: usize = (SLOTS * SLOT_SIZE).div_ceil(PAGE);
 const TABLE_SIZE: usize = HEADER + SLOTS * SLOT_SIZE;
 /// Where in the header the owner's pid is kept, after the bitmap.
 const OWNER_AT: usize = HEADER - 8;
-const _: () = assert!(PAGES.div_ceil(64) * 8 <= OWNER_AT);
+/// Where the byte offset of the robust mutex's futex word is kept (an i32;
+/// -1 when there is none): see [`Table::arm_death_wake`].
+const ROBUST_WORD_AT: usize = HEADER - 16;
+/// The robust mutex itself (64 bytes reserved; a `pthread_mutex_t` is 40
+/// or 48).
+const ROBUST_AT: usize = HEADER / 2;
+const _: () = assert!(PAGES.div_ceil(64) * 8 <= ROBUST_AT);
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
+const _: () = assert!(ROBUST_AT + 64 <= ROBUST_WORD_AT);
 /// The memfd name of a table, as `/proc/PID/fd` shows it (`/memfd:NAME`).
 pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
 
@@ -109,7 +117,82 @@ impl Table {
             rustix::process::getpid().as_raw_nonzero().get(),
             Ordering::Relaxed,
         );
+        table.arm_death_wake();
         Ok((table, fd))
+    }
+
+    /// Locks a robust, process-shared mutex in the table, and never unlocks
+    /// it. When this thread dies, the kernel marks the mutex's word
+    /// `OWNER_DIED` and wakes its waiter (the watcher) at the start of the
+    /// exit, before the address space is torn down: hundreds of
+    /// microseconds before the pipe's end of file, and well before the
+    /// parent's `wait()` returns. That head start lets the watcher unlink a
+    /// leaked segment before a parent that checks at once can attach to it.
+    ///
+    /// The word is found by value (a robust mutex's word holds its owner's
+    /// thread id, in glibc and musl alike) and its offset published for the
+    /// watcher; -1 (no early wake: the watcher waits for end of file) if
+    /// any step fails. The wake is per thread: if the thread that first
+    /// tracked a segment exits before the process, the watcher wakes early
+    /// once for nothing and falls back to end of file.
+    fn arm_death_wake(&self) {
+        self.robust_word_at().store(-1, Ordering::Relaxed);
+        // SAFETY: the mutex lives in our fresh table mapping, which is never
+        // unmapped, at an offset reserved for it (64 bytes, checked above);
+        // the attribute object lives on this stack and is destroyed after
+        // use. The pthread functions only touch those two.
+        let locked = unsafe {
+            let mutex = self
+                .0
+                .as_ptr()
+                .add(ROBUST_AT)
+                .cast::<libc::pthread_mutex_t>();
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+            if libc::pthread_mutexattr_init(attr.as_mut_ptr()) != 0 {
+                return;
+            }
+            let ok =
+                libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED)
+                    == 0
+                    && libc::pthread_mutexattr_setrobust(
+                        attr.as_mut_ptr(),
+                        libc::PTHREAD_MUTEX_ROBUST,
+                    ) == 0
+                    && libc::pthread_mutex_init(mutex, attr.as_ptr()) == 0
+                    && libc::pthread_mutex_lock(mutex) == 0;
+            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+            ok
+        };
+        if !locked {
+            return;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let words = std::mem::size_of::<libc::pthread_mutex_t>() / 4;
+        if let Some(k) = (0..words).find(|&k| {
+            self.word(ROBUST_AT + 4 * k).load(Ordering::Relaxed) & libc::FUTEX_TID_MASK == tid
+        }) {
+            self.robust_word_at()
+                .store((ROBUST_AT + 4 * k) as i32, Ordering::Release);
+        }
+    }
+
+    /// The 4-byte word at byte `at` of the header.
+    fn word(&self, at: usize) -> &AtomicU32 {
+        debug_assert!(at % 4 == 0 && at + 4 <= HEADER);
+        // SAFETY: inside the header page of the mapping, 4-byte aligned.
+        unsafe { &*(self.0.as_ptr().add(at).cast::<AtomicU32>()) }
+    }
+
+    fn robust_word_at(&self) -> &AtomicI32 {
+        // SAFETY: ROBUST_WORD_AT is inside the header page, 4-byte aligned.
+        unsafe { &*(self.0.as_ptr().add(ROBUST_WORD_AT).cast::<AtomicI32>()) }
+    }
+
+    /// The futex word that turns `OWNER_DIED` when the tracking thread dies,
+    /// if [`arm_death_wake`](Self::arm_death_wake) succeeded.
+    fn death_word(&self) -> Option<&AtomicU32> {
+        let at = usize::try_from(self.robust_word_at().load(Ordering::Acquire)).ok()?;
+        (at >= ROBUST_AT && at + 4 <= ROBUST_AT + 64 && at % 4 == 0).then(|| self.word(at))
     }
 
     /// The pid of the process that made the table (its fork children share

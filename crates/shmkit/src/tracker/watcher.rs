@@ -331,15 +331,33 @@ fn run(
     // SAFETY: `read` is the pipe's read end, open until we exit.
     let pipe = unsafe { BorrowedFd::borrow_raw(read) };
     if let Some(own) = own {
-        // End of file on the pipe comes as the tree's last process closes
-        // its descriptors, before its mappings go and before its parent's
-        // wait() returns: be on a CPU, segments open, when their locks drop.
-        wait_eof(pipe);
-        let early = race_exit(&table, &own);
+        // The tracking thread's death wakes us first (`Table::arm_death_wake`),
+        // as its exit begins: we open the segments and block on their locks,
+        // which the kernel hands us as the dying process lets go, before its
+        // parent's wait() returns. End of file on the pipe (its descriptors
+        // are closed before its mappings) confirms the whole tree is going.
+        let mut opened = Opened::new();
+        let mut done = [0u64; SLOTS / 64];
+        if wait_owner_death(&table, pipe) {
+            opened.open(&table);
+            let eof = await_releases(&table, pipe, &mut opened, &mut done);
+            if !eof {
+                // Only a thread died, or a long exit: wait as usual, with
+                // nothing of the segments held meanwhile.
+                opened = Opened::new();
+                wait_eof(pipe);
+            }
+        } else {
+            wait_eof(pipe);
+        }
+        if opened.n == 0 {
+            opened.open(&table);
+        }
+        race_exit(&table, &own, opened, &mut done);
         // Returns once the parent and its fork children are gone and every
         // file they had is released (see `Sentinel`).
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
-        cleanup(table, &early);
+        cleanup(table, &done);
         // SAFETY: as below.
         unsafe { libc::_exit(0) }
     }
@@ -407,43 +425,238 @@ const EARLY: usize = 64;
 /// daemon closing everything) must not keep us spinning.
 const SPIN_NS: u64 = 5_000_000;
 
-/// Between end of file and the sentinel's release: opens the tracked
-/// segments, then retries their exclusive lock without sleeping, so each is
-/// unlinked the moment its last holder drops it. A parent that attaches as
-/// soon as its child is reaped (CPython's
+/// Segments of the table opened ahead of the race (no lock taken).
+struct Opened {
+    fds: [Option<(usize, OwnedFd)>; EARLY],
+    n: usize,
+}
+
+impl Opened {
+    fn new() -> Self {
+        Opened {
+            fds: [const { None }; EARLY],
+            n: 0,
+        }
+    }
+
+    /// Opens the first [`EARLY`] names of the table.
+    fn open(&mut self, table: &Table) {
+        use std::sync::atomic::Ordering;
+        for i in table.used_slots() {
+            if self.n == EARLY {
+                break;
+            }
+            if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
+                continue;
+            }
+            let Some(path) = Path::new(table.name(i)) else {
+                continue;
+            };
+            if let Ok(fd) = fs::openat(
+                CWD,
+                path.c_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            ) {
+                self.fds[self.n] = Some((i, fd));
+                self.n += 1;
+            }
+        }
+    }
+}
+
+/// Blocks until the tracking thread dies (true), or until end of file on
+/// the pipe without that (false): no death word, or one that never fires
+/// because the process replaced its robust list. The futex wait times out
+/// every second to look at the pipe, which bounds the second case.
+fn wait_owner_death(table: &Table, pipe: BorrowedFd<'_>) -> bool {
+    use rustix::thread::futex;
+    use std::sync::atomic::Ordering;
+    let Some(word) = table.death_word() else {
+        return false;
+    };
+    let second = futex::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v & futex::OWNER_DIED != 0 || v & libc::FUTEX_TID_MASK == 0 {
+            return true;
+        }
+        // The kernel wakes a dead owner's waiters only if this bit is set.
+        if v & futex::WAITERS == 0
+            && word
+                .compare_exchange(v, v | futex::WAITERS, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            continue;
+        }
+        // Shared (not PRIVATE): the word is in a memfd mapped by two
+        // processes.
+        let _ = futex::wait(
+            word,
+            futex::Flags::empty(),
+            v | futex::WAITERS,
+            Some(&second),
+        );
+        if word.load(Ordering::Acquire) & futex::OWNER_DIED != 0 {
+            return true;
+        }
+        if pipe_closed(pipe) {
+            return false;
+        }
+    }
+}
+
+/// Whether the pipe is at end of file, without blocking.
+fn pipe_closed(pipe: BorrowedFd<'_>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&pipe, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+}
+
+/// After the owner's death: waits on each opened segment's exclusive lock
+/// (blocking, so the kernel wakes us the moment the dying process's last
+/// reference to it goes, before its parent's `wait()` returns), and unlinks
+/// it once end of file on the pipe confirms the whole tree is exiting.
+/// Segments still locked when [`DEATH_BUDGET_NS`] runs out are left, closed,
+/// for the usual path. Returns whether end of file was seen: false means
+/// only a thread died (the process lives on), or an exit too slow for this
+/// path.
+fn await_releases(
+    table: &Table,
+    pipe: BorrowedFd<'_>,
+    opened: &mut Opened,
+    done: &mut [u64; SLOTS / 64],
+) -> bool {
+    let deadline = now_ns().saturating_add(DEATH_BUDGET_NS);
+    let _alarm = Alarm::every_ms(1);
+    let mut eof = false;
+    for entry in opened.fds.iter_mut().take(opened.n) {
+        let Some((i, fd)) = entry else { continue };
+        if !lock_until(fd, deadline) {
+            break; // in use beyond the budget: the usual path decides
+        }
+        // Descriptors go before mappings in an exit, so the pipe is
+        // usually closed by now; if not within a moment, the process lives.
+        eof = eof || wait_eof_until(pipe, now_ns().saturating_add(EOF_GRACE_NS));
+        if !eof {
+            let _ = fs::flock(&*fd, FlockOperation::Unlock);
+            return false;
+        }
+        if unlink_if_same(table.name(*i), fd) {
+            done[*i / 64] |= 1 << (*i % 64);
+        }
+        *entry = None;
+    }
+    eof || wait_eof_until(pipe, deadline)
+}
+
+/// How long [`await_releases`] waits for a dying process to let go.
+const DEATH_BUDGET_NS: u64 = 100_000_000;
+/// How long a lock taken without end of file may wait for it.
+const EOF_GRACE_NS: u64 = 200_000;
+
+/// Takes `fd`'s exclusive lock, blocking until `deadline` at most (an
+/// [`Alarm`] must tick meanwhile, so the wait returns `EINTR` to look at
+/// the clock).
+fn lock_until(fd: &OwnedFd, deadline: u64) -> bool {
+    loop {
+        match fs::flock(fd, FlockOperation::LockExclusive) {
+            Ok(()) => return true,
+            Err(Errno::INTR) if now_ns() < deadline => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Waits for end of file on the pipe until `deadline` (blocked in `poll`).
+fn wait_eof_until(pipe: BorrowedFd<'_>, deadline: u64) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    loop {
+        let left = deadline.saturating_sub(now_ns());
+        let timeout = Timespec {
+            tv_sec: (left / 1_000_000_000) as _,
+            tv_nsec: (left % 1_000_000_000) as _,
+        };
+        let mut fds = [PollFd::new(&pipe, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) if n > 0 => return true,
+            Err(Errno::INTR) if now_ns() < deadline => {}
+            _ => return pipe_closed(pipe),
+        }
+    }
+}
+
+/// `SIGALRM` every few milliseconds while alive, so that blocking calls
+/// return `EINTR`; the handler does nothing. A repeating timer, because a
+/// single one could fire just before the call it was meant to interrupt.
+struct Alarm;
+
+extern "C" fn on_alarm(_: libc::c_int) {}
+
+impl Alarm {
+    fn every_ms(ms: i64) -> Alarm {
+        let every = libc::timeval {
+            tv_sec: 0,
+            tv_usec: (ms * 1000) as libc::suseconds_t,
+        };
+        // SAFETY: sigaction, sigprocmask and setitimer are async-signal-safe
+        // and only read and write the structures on this stack; the handler
+        // is a function that does nothing. No SA_RESTART: the point is EINTR.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_alarm as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGALRM, &act, std::ptr::null_mut());
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGALRM);
+            libc::sigprocmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
+            let timer = libc::itimerval {
+                it_interval: every,
+                it_value: every,
+            };
+            libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+        }
+        Alarm
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        // SAFETY: as in `every_ms`; a zero timer stops it, and SIGALRM is
+        // blocked again like every other signal in the watcher.
+        unsafe {
+            let zero: libc::itimerval = std::mem::zeroed();
+            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGALRM);
+            libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        }
+    }
+}
+
+/// Between end of file and the sentinel's release: retries the opened
+/// segments' exclusive lock without sleeping, so each is unlinked the
+/// moment its last holder drops it. A parent that attaches as soon as its
+/// child is reaped (CPython's
 /// `test_shared_memory_cleaned_after_process_termination`) would otherwise
 /// race us to the segment, and an attach makes it "in use".
 ///
-/// Returns the slots unlinked here, as a bitset; `cleanup` counts them.
-fn race_exit(table: &Table, own: &OwnedFd) -> [u64; SLOTS / 64] {
-    use std::sync::atomic::Ordering;
-    let mut done = [0u64; SLOTS / 64];
-    let mut open: [Option<(usize, OwnedFd)>; EARLY] = [const { None }; EARLY];
-    let mut n = 0;
-    for i in table.used_slots() {
-        if n == EARLY {
-            break;
-        }
-        if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
-            continue;
-        }
-        let Some(path) = Path::new(table.name(i)) else {
-            continue;
-        };
-        if let Ok(fd) = fs::openat(
-            CWD,
-            path.c_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        ) {
-            open[n] = Some((i, fd));
-            n += 1;
-        }
-    }
+/// Marks the slots it unlinks in `done`; `cleanup` counts them.
+fn race_exit(table: &Table, own: &OwnedFd, mut opened: Opened, done: &mut [u64; SLOTS / 64]) {
+    let n = opened.n;
     let start = now_ns();
-    let mut left = n;
+    let mut left = opened.fds.iter().filter(|e| e.is_some()).count();
     while left > 0 {
-        for entry in open.iter_mut().take(n) {
+        for entry in opened.fds.iter_mut().take(n) {
             let Some((i, fd)) = entry else { continue };
             if fs::flock(&*fd, FlockOperation::NonBlockingLockExclusive).is_err() {
                 continue;
@@ -463,7 +676,6 @@ fn race_exit(table: &Table, own: &OwnedFd) -> [u64; SLOTS / 64] {
         }
         rustix::thread::sched_yield();
     }
-    done
 }
 
 fn now_ns() -> u64 {
