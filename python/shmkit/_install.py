@@ -25,7 +25,8 @@ never skip site-packages' ``.pth`` files (only ``-S`` does). The same
 variable also lets a user switch unmodified programs over without touching
 them: ``SHMKIT_INSTALL=1 python app.py``. The hook needs shmkit installed in
 the child's environment (always true for ``sys.executable``) and ``site``
-enabled; ``install()`` warns when it cannot find the ``.pth`` file.
+enabled; ``install()`` warns when it cannot find the ``.pth`` file or runs
+under ``-S`` (which ``multiprocessing`` passes on to its children).
 
 In an editable install (``maturin develop``) maturin's ``shmkit.pth`` puts
 the source tree on ``sys.path``; ``site`` runs ``.pth`` files in name order,
@@ -273,13 +274,18 @@ def _install(from_hook):
     if not from_hook:
         if changed:
             _forkserver_idle_restart("install")
-        if not _hook_present():
+        if sys.flags.no_site:
+            problem = "this interpreter runs without site (-S), and so will its children"
+        elif not _hook_present():
+            problem = f"{PTH_NAME} is not in any sys.path directory (install shmkit with pip or maturin)"
+        else:
+            problem = None
+        if problem:
             import warnings
 
             warnings.warn(
-                f"shmkit.install(): {PTH_NAME} is not in any sys.path directory, so spawn and "
-                "forkserver children will use the stdlib's multiprocessing.shared_memory "
-                "(install shmkit with pip or maturin to get it)",
+                f"shmkit.install(): {problem}, so spawn and forkserver children will use "
+                "the stdlib's multiprocessing.shared_memory",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -314,7 +320,8 @@ def install():
     stdlib classes, objects already made, and default arguments or closures
     that captured them; interpreters started with ``-S`` (no ``site``), with
     another Python, or with a cleared environment; a ``RuntimeWarning`` says
-    so when the ``.pth`` hook is missing from ``sys.path``.
+    so when the ``.pth`` hook is missing from ``sys.path`` or ``site`` is
+    disabled.
 
     Calling it again while installed does nothing. Thread-safe.
     """

@@ -386,3 +386,19 @@ def test_hook_is_installed():
 def test_warns_without_hook(scenario):
     got = scenario("hook_missing")
     assert len(got) == 1 and "shmkit_install.pth is not in any sys.path directory" in got[0], got
+
+
+def test_warns_without_site():
+    """Under -S no child runs the hook (multiprocessing passes -S on)."""
+    code = (
+        "import warnings, shmkit\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    shmkit.install()\n"
+        "print([str(x.message) for x in w])\n"
+    )
+    env = h.child_env()
+    env.pop("SHMKIT_INSTALL", None)
+    got = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env)
+    assert got.returncode == 0, h.describe(got)
+    assert "runs without site (-S)" in got.stdout, h.describe(got)
