@@ -253,15 +253,19 @@ def _install(from_hook):
 
     state = _Installed(shm_module)
     old = sys.modules.get(_STDLIB_SHM)
-    state.set_module(_STDLIB_SHM, shm_module)
-    mp = sys.modules.get("multiprocessing")
-    if mp is not None:
-        _patch_multiprocessing(state, mp)
-    managers = sys.modules.get("multiprocessing.managers")
-    if managers is not None:
-        _patch_managers(state, managers, imported_while_installed=False)
-    if isinstance(old, types.ModuleType) and old is not shm_module:
-        _replace_module_references(state, old)
+    try:
+        state.set_module(_STDLIB_SHM, shm_module)
+        mp = sys.modules.get("multiprocessing")
+        if mp is not None:
+            _patch_multiprocessing(state, mp)
+        managers = sys.modules.get("multiprocessing.managers")
+        if managers is not None:
+            _patch_managers(state, managers, imported_while_installed=False)
+        if isinstance(old, types.ModuleType) and old is not shm_module:
+            _replace_module_references(state, old)
+    except BaseException:
+        state.restore()  # all or nothing
+        raise
     state.finder = _Finder(state)
     sys.meta_path.insert(0, state.finder)
 
