@@ -157,7 +157,7 @@ def markdown(results):
         "times faster shmkit is; **shmkit÷floor** (private, direct) is what shmkit costs "
         "over a limit nothing can beat, 1.00× being that limit. In parentheses: the "
         "median of the per-round ratios, steadier when the machine's load drifts. "
-        "The machine is a shared 2-core VM: the ratios hold, absolute times drift.",
+        "On a busy or shared machine the ratios hold; absolute times drift.",
         "",
         f"This report: `{m['command']}`, {minutes:.1f} min. `make bench` "
         "regenerates docs/benchmarks.md and docs/benchmarks.png; "

@@ -44,7 +44,7 @@ import report
 
 # (group, script, extra arguments): CPU time where one process does the
 # work; the scripts that span processes time the wall clock themselves.
-GROUPS = (
+GROUPS: tuple[tuple[str, str, list[str]], ...] = (
     ("shared_memory", "shared_memory.py", ["--clock", "cpu", "--track-cost"]),
     ("numpy_write", "numpy_write.py", []),
     ("handoff", "handoff.py", []),

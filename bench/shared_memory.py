@@ -27,13 +27,12 @@ ratios as in bench/_common.py.
     python bench/shared_memory.py --track-cost  # + shmkit with track=False
     python bench/shared_memory.py --decompose   # + the extension alone
 
-Runs with any CPython 3.8+; shmkit is measured if it imports.
+Runs with any CPython 3.9+; shmkit is measured if it imports.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import _common as common
 
