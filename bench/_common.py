@@ -144,7 +144,7 @@ def make_row(workload, label, samples, compare=None, targets=(), subject="shmkit
             elif kind == "overhead":
                 entry = {"ratio": med[subject] / med[other],
                          "paired": paired(mine, theirs, lambda m, t: m / t)}
-            else:
+            else:  # a difference, not a ratio, but kept under the same key
                 d = paired(mine, theirs, lambda m, t: (m - t) / 1000)
                 entry = {"ratio": d["median"], "paired": d}
             row[kind][other] = entry
