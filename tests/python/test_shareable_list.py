@@ -184,6 +184,37 @@ def test_sequences(new, sequence, expected):
     assert raw(sl) == h.sl_layout(expected)
 
 
+# Lists of 8-byte items only are written in one pass (ranges computed, not
+# iterated): the bytes must be exactly the general encoder's, the stdlib's.
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        range(1),
+        range(-3, 40, 7),
+        range(10, -10, -3),
+        range(2**63 - 3, 2**63),
+        range(-(2**63), -(2**63) + 2),
+        [0.5, True, None, -7, False, float("-inf")],
+        (None,) * 5,
+        [1, 2, 3, "a str sends it down the general path"],
+        (1.5, b"so does bytes"),
+    ],
+    ids=["one", "step", "negative-step", "i64-max", "i64-min", "mixed", "nones", "str-last", "bytes-last"],
+)
+def test_fixed_size_items_have_the_general_layout(new, sequence):
+    sl = new(sequence)
+    assert h.typed(sl) == h.typed(list(sequence))
+    assert raw(sl) == h.sl_layout(list(sequence))
+
+
+def test_range_beyond_64_bits_is_refused_before_anything_exists(shmkit_mod, segments):
+    before = set(os.listdir("/dev/shm"))
+    SL = h.list_class(shmkit_mod)
+    for seq in (range(2**63, 2**63 + 2), range(2**63 - 1, 2**63 + 1)):
+        refused(OverflowError, SL, seq)
+    assert set(os.listdir("/dev/shm")) == before
+
+
 def test_name_is_keyword_only(SL, segments):
     name = segments.name("kwonly")
     with pytest.raises(TypeError):

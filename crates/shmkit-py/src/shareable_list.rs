@@ -6,10 +6,13 @@
 
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PySlice, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyBytes, PyFloat, PyInt, PyList, PyRange, PyRangeMethods, PySlice, PyString, PyTuple,
+};
 use pyo3::{ffi, intern};
+use shmkit::list::fixed::FixedImage;
 use shmkit::list::layout::Layout;
-use shmkit::list::{ListError, Value, ValueRef};
+use shmkit::list::{ByteSink, ListError, Value, ValueRef};
 use shmkit::{Error, Region};
 
 use crate::errors::to_pyerr;
@@ -71,6 +74,20 @@ impl ShareableListBase {
             let shm = shm_class.call1((name,))?;
             let segment = segment_of(&shm)?;
             let layout = Layout::attach(segment.bind(py).get().region()).map_err(list_err)?;
+            (shm, layout)
+        } else if let Some((layout, bytes)) = match sequence {
+            Some(seq) => fixed_image(seq)?,
+            None => None,
+        } {
+            // Every item has an 8-byte slot: the bytes are ready, in one piece.
+            let none = py.None();
+            let shm = shm_class.call1((name.unwrap_or(none.bind(py)), true, layout.size()))?;
+            let segment = segment_of(&shm)?;
+            let mut region = segment.bind(py).get().region();
+            if let Err(e) = region.write(0, &bytes) {
+                let _ = shm.call_method0(intern!(py, "unlink"));
+                return Err(list_err(e));
+            }
             (shm, layout)
         } else {
             // CPython: `sequence = sequence or ()`.
@@ -215,7 +232,6 @@ impl ShareableListBase {
     /// faster than reading shared memory item by item).
     fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let (region, layout) = self.parts(py)?;
-        let snapshot = region.read_vec(0, layout.size()).map_err(list_err)?;
         let n = layout.len();
         // SAFETY: PyList_New returns a new reference to a list of `n` NULL
         // slots (or NULL with an exception set, which the wrapper turns into
@@ -226,9 +242,9 @@ impl ShareableListBase {
                 .cast_into_unchecked::<PyList>()
         };
         layout
-            .decode_copy(&snapshot, |i, value| -> Result<(), Stop> {
+            .decode_all(region, |i, value| -> Result<(), Stop> {
                 let item = to_py(py, value).map_err(Stop::Python)?;
-                // SAFETY: decode_copy hands out positions 0..n once each, so
+                // SAFETY: decode_all hands out positions 0..n once each, so
                 // the slot is in range and still NULL; SET_ITEM steals the
                 // reference `into_ptr` hands over.
                 unsafe {
@@ -300,6 +316,67 @@ fn collect<'py>(seq: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         items.push(item?);
     }
     Ok(items)
+}
+
+/// The bytes of a new list of `seq` when it is a `range`, a list or a tuple
+/// of ints, floats, bools and Nones only (the common case, and the one
+/// [`FixedImage`] writes in one pass); None otherwise, for the general path.
+fn fixed_image(seq: &Bound<'_, PyAny>) -> PyResult<Option<(Layout, Vec<u8>)>> {
+    if let Ok(range) = seq.cast::<PyRange>() {
+        return fixed_range(range);
+    }
+    let items = if let Ok(list) = seq.cast::<PyList>() {
+        list.as_sequence().clone()
+    } else if let Ok(tuple) = seq.cast::<PyTuple>() {
+        tuple.as_sequence().clone()
+    } else {
+        return Ok(None);
+    };
+    let n = items.len()?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut image = FixedImage::new(n).map_err(list_err)?;
+    for item in items.try_iter()? {
+        let item = item?;
+        match value_ref(&item)? {
+            ValueRef::Str(_) | ValueRef::Bytes(_) => return Ok(None),
+            // A list that grew while we read it: the general path copes.
+            value => {
+                if image.push(value).is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    image.finish().map(Some).or(Ok(None))
+}
+
+/// A `range` computed, not iterated: no int object is made.
+fn fixed_range(range: &Bound<'_, PyRange>) -> PyResult<Option<(Layout, Vec<u8>)>> {
+    let (Ok(start), Ok(step)) = (range.start(), range.step()) else {
+        return Ok(None); // beyond isize: the general path raises
+    };
+    let n = range.len()?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let (start, step) = (start as i64, step as i64);
+    // The last item bounds them all (a range is monotonic).
+    let last = i64::try_from(n - 1)
+        .ok()
+        .and_then(|k| k.checked_mul(step))
+        .and_then(|d| d.checked_add(start));
+    if last.is_none() {
+        return Ok(None);
+    }
+    let mut image = FixedImage::new(n).map_err(list_err)?;
+    let mut v = start;
+    for _ in 0..n {
+        image.push(ValueRef::Int(v)).map_err(list_err)?;
+        v = v.wrapping_add(step);
+    }
+    image.finish().map(Some).map_err(list_err)
 }
 
 /// Why a bulk decode stopped: bad bytes, or Python failed to make a value.
@@ -397,6 +474,7 @@ fn decode_error(py: Python<'_>, region: &Region, layout: &Layout, index: usize) 
     }
 }
 
+#[inline]
 fn to_py(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
     Ok(match value {
         Value::Int(v) => v.into_pyobject(py)?.into_any(),

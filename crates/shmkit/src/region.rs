@@ -39,6 +39,11 @@ macro_rules! atomic_view {
     };
 }
 
+/// From this many bytes on, [`Region::write_at`] faults the pages in with
+/// one system call before copying: a fresh 2.5 MiB list is written about
+/// twice as fast.
+const PREFAULT_FROM: usize = 64 << 10;
+
 impl Region {
     /// Wraps a mapping made by `sys::map`.
     pub(crate) fn from_raw(ptr: NonNull<u8>, len: usize) -> Self {
@@ -115,6 +120,10 @@ impl Region {
     /// Copies `data` into the mapping at `offset`.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
+        if data.len() >= PREFAULT_FROM {
+            // The range was checked to lie inside the mapping.
+            crate::sys::populate_write(self.ptr.as_ptr().wrapping_add(offset), data.len());
+        }
         // SAFETY: the destination range is inside the mapping (checked above)
         // and cannot overlap `data`, which lives in this process's own memory
         // and is borrowed immutably.

@@ -50,20 +50,20 @@ use crate::error::{Error, Result};
 pub const MAX_ITEM_BYTES: usize = 9_999_991;
 
 /// Back-transform codes.
-const CODE_PLAIN: i8 = 0;
+pub(super) const CODE_PLAIN: i8 = 0;
 const CODE_STR: i8 = 1;
 const CODE_BYTES: i8 = 2;
-const CODE_NONE: i8 = 3;
+pub(super) const CODE_NONE: i8 = 3;
 
 const fn word(fmt: &[u8; 8]) -> u64 {
     u64::from_ne_bytes(*fmt)
 }
 
 /// The formats of the four fixed-size types, as the 8-byte words stored.
-const FMT_INT: u64 = word(b"q\0\0\0\0\0\0\0");
-const FMT_FLOAT: u64 = word(b"d\0\0\0\0\0\0\0");
-const FMT_BOOL: u64 = word(b"xxxxxxx?");
-const FMT_NONE: u64 = word(b"xxxxxx?x");
+pub(super) const FMT_INT: u64 = word(b"q\0\0\0\0\0\0\0");
+pub(super) const FMT_FLOAT: u64 = word(b"d\0\0\0\0\0\0\0");
+pub(super) const FMT_BOOL: u64 = word(b"xxxxxxx?");
+pub(super) const FMT_NONE: u64 = word(b"xxxxxx?x");
 
 /// What an item holds, decoded from its format and code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,7 +225,7 @@ impl<'a> Encoded<'a> {
 }
 
 /// A bool's slot: seven zero bytes, then 1 or 0.
-fn bool_word(v: bool) -> u64 {
+pub(super) fn bool_word(v: bool) -> u64 {
     let mut bytes = [0u8; 8];
     bytes[7] = u8::from(v);
     u64::from_ne_bytes(bytes)
@@ -256,7 +256,7 @@ impl std::fmt::Debug for Layout {
 }
 
 impl Layout {
-    fn new(starts: Vec<usize>) -> Self {
+    pub(super) fn new(starts: Vec<usize>) -> Self {
         let formats = *starts.last().expect("N+1 starts");
         Layout {
             starts: starts.into(),
@@ -535,65 +535,56 @@ impl Layout {
         }
     }
 
-    /// Reads every item, in order, out of `bytes`, a private copy of the
-    /// whole list (at least [`size`](Self::size) bytes), handing each to
-    /// `emit`; stops at the first error. The same values as
-    /// [`get`](Self::get), with the four fixed-size types decoded in one tight
-    /// pass: this is what iteration and `list(sl)` cost per item.
+    /// Reads every item, in order, out of `src` (a segment's [`Region`] or
+    /// a private copy of the list), handing each to `emit`; stops at the
+    /// first error. The same values as [`get`](Self::get), with the four
+    /// fixed-size types decoded in one tight pass of word loads: this is
+    /// what iteration and `list(sl)` cost per item. From a segment, nothing
+    /// is copied first; a writer racing the pass makes items torn one by
+    /// one, as [`get`](Self::get) would.
+    ///
+    /// [`Region`]: crate::Region
     ///
     /// ```
     /// use shmkit::list::{layout::Layout, Value, ValueRef};
     /// let bytes = Layout::encode(&[ValueRef::Int(7), ValueRef::Str("hi")])?;
     /// let layout = Layout::attach(&bytes[..])?;
     /// let mut out = Vec::new();
-    /// layout.decode_copy(&bytes, |_, v| {
+    /// layout.decode_all(&bytes[..], |_, v| {
     ///     out.push(v);
     ///     Ok::<(), shmkit::Error>(())
     /// })?;
     /// assert_eq!(out, [Value::Int(7), Value::from("hi")]);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
-    pub fn decode_copy<E: From<Error>>(
+    pub fn decode_all<S: ByteSource + ?Sized, E: From<Error>>(
         &self,
-        bytes: &[u8],
+        src: &S,
         mut emit: impl FnMut(usize, Value) -> Result<(), E>,
     ) -> Result<(), E> {
         let n = self.len();
-        let (formats, codes) = match (
-            bytes.get(self.formats..self.formats + 8 * n),
-            bytes.get(self.codes_offset()..self.codes_offset() + n),
-        ) {
-            (Some(f), Some(c)) => (f, c),
-            _ => {
-                return Err(Error::OutOfBounds {
-                    offset: 0,
-                    len: self.size(),
-                    size: bytes.len(),
-                }
-                .into())
+        if self.size() > src.size() {
+            return Err(Error::OutOfBounds {
+                offset: 0,
+                len: self.size(),
+                size: src.size(),
             }
-        };
-        let word_at = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
-        };
-        let items = formats
-            .chunks_exact(8)
-            .zip(codes)
-            .zip(self.starts.windows(2));
-        for (i, ((format, &code), bounds)) in items.enumerate() {
+            .into());
+        }
+        let codes = self.codes_offset();
+        for (i, bounds) in self.starts.windows(2).enumerate().take(n) {
             let (start, end) = (bounds[0], bounds[1]);
-            let format = u64::from_ne_bytes(format.try_into().expect("8 bytes"));
+            let format = src.load_u64(self.formats + 8 * i)?;
+            let code = src.load_u8(codes + i)? as i8;
             // Anything unusual (str, bytes, a short slot, bad bytes) takes the
             // general, checked path.
             let fixed = if end - start >= 8 {
-                match (format, code as i8) {
-                    (FMT_INT, CODE_PLAIN) => word_at(start).map(|w| Value::Int(w as i64)),
+                match (format, code) {
+                    (FMT_INT, CODE_PLAIN) => Some(Value::Int(src.load_u64(start)? as i64)),
                     (FMT_FLOAT, CODE_PLAIN) => {
-                        word_at(start).map(|w| Value::Float(f64::from_bits(w)))
+                        Some(Value::Float(f64::from_bits(src.load_u64(start)?)))
                     }
-                    (FMT_BOOL, CODE_PLAIN) => bytes.get(start + 7).map(|&b| Value::Bool(b != 0)),
+                    (FMT_BOOL, CODE_PLAIN) => Some(Value::Bool(src.load_u8(start + 7)? != 0)),
                     (FMT_NONE, CODE_NONE) => Some(Value::None),
                     _ => None,
                 }
@@ -602,7 +593,7 @@ impl Layout {
             };
             let value = match fixed {
                 Some(value) => value,
-                None => self.get(bytes, i as isize)?,
+                None => self.get(src, i as isize)?,
             };
             emit(i, value)?;
         }

@@ -39,6 +39,7 @@
 
 mod bytes;
 mod error;
+pub mod fixed;
 pub mod layout;
 mod value;
 
