@@ -318,6 +318,11 @@ fn run(
         libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
     }
     let _ = rustix::process::chdir(c"/");
+    // Woken as its process dies, the watcher races that process's parent
+    // to the segments (see `await_releases`): where allowed (CAP_SYS_NICE),
+    // it asks to be scheduled first. It sleeps the rest of its life.
+    // SAFETY: setpriority is async-signal-safe and touches no memory.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
     let own = reopen(sentinel_fd);
     close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
     unmap_segments();
@@ -564,7 +569,9 @@ const EOF_GRACE_NS: u64 = 200_000;
 
 /// Takes `fd`'s exclusive lock, blocking until `deadline` at most (an
 /// [`Alarm`] must tick meanwhile, so the wait returns `EINTR` to look at
-/// the clock).
+/// the clock). Blocking, not polling: the kernel wakes us the moment the
+/// lock drops, and a woken task gets a CPU sooner than a polling one on a
+/// busy machine.
 fn lock_until(fd: &OwnedFd, deadline: u64) -> bool {
     loop {
         match fs::flock(fd, FlockOperation::LockExclusive) {
