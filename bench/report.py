@@ -72,20 +72,18 @@ WHY = {
     ("shared_memory", "create"): (
         "shmkit's create is the floor's system calls plus its Python class and the "
         "leak tracker's registration (the untracked column); quiet runs in #2's note "
-        "measured 1.15–1.16×, runs while others built and tested on the same 2 cores "
-        "1.18–1.34×"),
+        "measured 1.15–1.16×, runs on the busy machine while these benches were "
+        "written 1.18–1.34×"),
     ("shared_memory", "attach"): (
         "close to the line: quiet runs in #2's note measured 1.16–1.17×, busy ones "
         "1.13–1.24×"),
     ("shareable_list", "sum"): (
-        "met on 3.11; on 3.13 shmkit's per-item path is slower relative to the stdlib "
-        "(36–42× in every run so far); open in #3"),
-    ("shareable_list", "list"): (
-        "as sum(sl): met on 3.11, not on 3.13; open in #3"),
-    ("shareable_list", "create"): ("on the line in some runs; open in #3"),
+        "met on 3.11; on 3.13 the ratio is lower in every run so far; open in #3"),
+    ("shareable_list", "list"): ("as sum(sl): met on 3.11, lower on 3.13; open in #3"),
+    ("shareable_list", "create"): ("open in #3"),
     ("managers", "lifecycle"): (
-        "start() still starts a process and shutdown() waits for it: 3–5 ms here, "
-        "against the stdlib's 11–16 ms; open in #5"),
+        "start() still starts a process and shutdown() waits for it to exit; "
+        "open in #5"),
     ("managers", "shutdown"): ("open in #5"),
 }
 RUNTIME_COLORS = {"3.11": "#3b6fb6", "3.13": "#e08a2c", "Rust": "#7a7a7a"}
