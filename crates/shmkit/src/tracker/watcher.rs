@@ -319,7 +319,7 @@ fn run(
     }
     let _ = rustix::process::chdir(c"/");
     // Woken as its process dies, the watcher races that process's parent
-    // to the segments (see `await_releases`): where allowed (CAP_SYS_NICE),
+    // to the segments (see `avoid_cpu_of`): where allowed (CAP_SYS_NICE),
     // it asks to be scheduled first. It sleeps the rest of its life.
     // SAFETY: setpriority is async-signal-safe and touches no memory.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
@@ -336,33 +336,22 @@ fn run(
     // SAFETY: `read` is the pipe's read end, open until we exit.
     let pipe = unsafe { BorrowedFd::borrow_raw(read) };
     if let Some(own) = own {
-        // The tracking thread's death wakes us first (`Table::arm_death_wake`),
-        // as its exit begins: we open the segments and block on their locks,
-        // which the kernel hands us as the dying process lets go, before its
-        // parent's wait() returns. End of file on the pipe (its descriptors
-        // are closed before its mappings) confirms the whole tree is going.
-        let mut opened = Opened::new();
-        let mut done = [0u64; SLOTS / 64];
+        // The tracking thread's death wakes us as its exit begins
+        // (`Table::arm_death_wake`). Nothing is decided then: the sentinel
+        // below still says when the whole tree has let go. But the wake-up
+        // that sentinel gives would otherwise land on the dying process's
+        // CPU, behind the rest of its exit, while its parent, told of the
+        // death, runs on another and may attach first. So we move off that
+        // CPU now.
         if wait_owner_death(&table, pipe) {
-            opened.open(&table);
-            let eof = await_releases(&table, pipe, &mut opened, &mut done);
-            if !eof {
-                // Only a thread died, or a long exit: wait as usual, with
-                // nothing of the segments held meanwhile.
-                opened = Opened::new();
-                wait_eof(pipe);
-            }
-        } else {
-            wait_eof(pipe);
+            avoid_cpu_of(table.owner().load(std::sync::atomic::Ordering::Relaxed));
         }
-        if opened.n == 0 {
-            opened.open(&table);
-        }
-        race_exit(&table, &own, opened, &mut done);
         // Returns once the parent and its fork children are gone and every
-        // file they had is released (see `Sentinel`).
+        // file they had is released (see `Sentinel`): only then is a
+        // segment nobody holds truly left over, and not one a live process
+        // is about to unlink itself.
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
-        cleanup(table, &done);
+        cleanup(table);
         // SAFETY: as below.
         unsafe { libc::_exit(0) }
     }
@@ -392,7 +381,7 @@ fn run(
             }
         }
     }
-    cleanup(table, &[0; SLOTS / 64]);
+    cleanup(table);
     // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
     // (they belong to the parent's program).
     unsafe { libc::_exit(0) }
@@ -421,53 +410,6 @@ enum Probe {
     Gone,
     Unlinked,
     InUse,
-}
-
-/// Names handled by [`race_exit`] before it gives up the CPU.
-const EARLY: usize = 64;
-/// How long [`race_exit`] spins before it blocks: the exit of a process
-/// takes microseconds; a tree that closed its descriptors but lives on (a
-/// daemon closing everything) must not keep us spinning.
-const SPIN_NS: u64 = 5_000_000;
-
-/// Segments of the table opened ahead of the race (no lock taken).
-struct Opened {
-    fds: [Option<(usize, OwnedFd)>; EARLY],
-    n: usize,
-}
-
-impl Opened {
-    fn new() -> Self {
-        Opened {
-            fds: [const { None }; EARLY],
-            n: 0,
-        }
-    }
-
-    /// Opens the first [`EARLY`] names of the table.
-    fn open(&mut self, table: &Table) {
-        use std::sync::atomic::Ordering;
-        for i in table.used_slots() {
-            if self.n == EARLY {
-                break;
-            }
-            if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
-                continue;
-            }
-            let Some(path) = Path::new(table.name(i)) else {
-                continue;
-            };
-            if let Ok(fd) = fs::openat(
-                CWD,
-                path.c_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                Mode::empty(),
-            ) {
-                self.fds[self.n] = Some((i, fd));
-                self.n += 1;
-            }
-        }
-    }
 }
 
 /// Blocks until the tracking thread dies (true), or until end of file on
@@ -525,171 +467,47 @@ fn pipe_closed(pipe: BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
-/// After the owner's death: waits on each opened segment's exclusive lock
-/// (blocking, so the kernel wakes us the moment the dying process's last
-/// reference to it goes, before its parent's `wait()` returns), and unlinks
-/// it once end of file on the pipe confirms the whole tree is exiting.
-/// Segments still locked when [`DEATH_BUDGET_NS`] runs out are left, closed,
-/// for the usual path. Returns whether end of file was seen: false means
-/// only a thread died (the process lives on), or an exit too slow for this
-/// path.
-fn await_releases(
-    table: &Table,
-    pipe: BorrowedFd<'_>,
-    opened: &mut Opened,
-    done: &mut [u64; SLOTS / 64],
-) -> bool {
-    let deadline = now_ns().saturating_add(DEATH_BUDGET_NS);
-    let _alarm = Alarm::every_ms(1);
-    let mut eof = false;
-    for entry in opened.fds.iter_mut().take(opened.n) {
-        let Some((i, fd)) = entry else { continue };
-        if !lock_until(fd, deadline) {
-            break; // in use beyond the budget: the usual path decides
-        }
-        // Descriptors go before mappings in an exit, so the pipe is
-        // usually closed by now; if not within a moment, the process lives.
-        eof = eof || wait_eof_until(pipe, now_ns().saturating_add(EOF_GRACE_NS));
-        if !eof {
-            let _ = fs::flock(&*fd, FlockOperation::Unlock);
-            return false;
-        }
-        if unlink_if_same(table.name(*i), fd) {
-            done[*i / 64] |= 1 << (*i % 64);
-        }
-        *entry = None;
-    }
-    eof || wait_eof_until(pipe, deadline)
-}
-
-/// How long [`await_releases`] waits for a dying process to let go.
-const DEATH_BUDGET_NS: u64 = 100_000_000;
-/// How long a lock taken without end of file may wait for it.
-const EOF_GRACE_NS: u64 = 200_000;
-
-/// Takes `fd`'s exclusive lock, blocking until `deadline` at most (an
-/// [`Alarm`] must tick meanwhile, so the wait returns `EINTR` to look at
-/// the clock). Blocking, not polling: the kernel wakes us the moment the
-/// lock drops, and a woken task gets a CPU sooner than a polling one on a
-/// busy machine.
-fn lock_until(fd: &OwnedFd, deadline: u64) -> bool {
-    loop {
-        match fs::flock(fd, FlockOperation::LockExclusive) {
-            Ok(()) => return true,
-            Err(Errno::INTR) if now_ns() < deadline => {}
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Waits for end of file on the pipe until `deadline` (blocked in `poll`).
-fn wait_eof_until(pipe: BorrowedFd<'_>, deadline: u64) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    loop {
-        let left = deadline.saturating_sub(now_ns());
-        let timeout = Timespec {
-            tv_sec: (left / 1_000_000_000) as _,
-            tv_nsec: (left % 1_000_000_000) as _,
-        };
-        let mut fds = [PollFd::new(&pipe, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(n) if n > 0 => return true,
-            Err(Errno::INTR) if now_ns() < deadline => {}
-            _ => return pipe_closed(pipe),
-        }
-    }
-}
-
-/// `SIGALRM` every few milliseconds while alive, so that blocking calls
-/// return `EINTR`; the handler does nothing. A repeating timer, because a
-/// single one could fire just before the call it was meant to interrupt.
-struct Alarm;
-
-extern "C" fn on_alarm(_: libc::c_int) {}
-
-impl Alarm {
-    fn every_ms(ms: i64) -> Alarm {
-        let every = libc::timeval {
-            tv_sec: 0,
-            tv_usec: (ms * 1000) as libc::suseconds_t,
-        };
-        // SAFETY: sigaction, sigprocmask and setitimer are async-signal-safe
-        // and only read and write the structures on this stack; the handler
-        // is a function that does nothing. No SA_RESTART: the point is EINTR.
-        unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_alarm as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(libc::SIGALRM, &act, std::ptr::null_mut());
-            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(set.as_mut_ptr());
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGALRM);
-            libc::sigprocmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
-            let timer = libc::itimerval {
-                it_interval: every,
-                it_value: every,
-            };
-            libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
-        }
-        Alarm
-    }
-}
-
-impl Drop for Alarm {
-    fn drop(&mut self) {
-        // SAFETY: as in `every_ms`; a zero timer stops it, and SIGALRM is
-        // blocked again like every other signal in the watcher.
-        unsafe {
-            let zero: libc::itimerval = std::mem::zeroed();
-            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
-            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(set.as_mut_ptr());
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGALRM);
-            libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
-        }
-    }
-}
-
-/// Between end of file and the sentinel's release: retries the opened
-/// segments' exclusive lock without sleeping, so each is unlinked the
-/// moment its last holder drops it. A parent that attaches as soon as its
-/// child is reaped (CPython's
-/// `test_shared_memory_cleaned_after_process_termination`) would otherwise
-/// race us to the segment, and an attach makes it "in use".
-///
-/// Marks the slots it unlinks in `done`; `cleanup` counts them.
-fn race_exit(table: &Table, own: &OwnedFd, mut opened: Opened, done: &mut [u64; SLOTS / 64]) {
-    let n = opened.n;
-    let start = now_ns();
-    let mut left = opened.fds.iter().filter(|e| e.is_some()).count();
-    while left > 0 {
-        for entry in opened.fds.iter_mut().take(n) {
-            let Some((i, fd)) = entry else { continue };
-            if fs::flock(&*fd, FlockOperation::NonBlockingLockExclusive).is_err() {
-                continue;
-            }
-            if unlink_if_same(table.name(*i), fd) {
-                done[*i / 64] |= 1 << (*i % 64);
-            }
-            *entry = None;
-            left -= 1;
-        }
-        // The whole tree released everything: `cleanup` does the rest.
-        if left == 0
-            || fs::flock(own, FlockOperation::NonBlockingLockShared).is_ok()
-            || now_ns().wrapping_sub(start) > SPIN_NS
+/// Pins this process to every CPU but the one process `pid` last ran on,
+/// when there is another; best effort.
+fn avoid_cpu_of(pid: i32) {
+    let Some(cpu) = last_cpu(pid) else {
+        return;
+    };
+    // SAFETY: the cpu_set_t lives on this stack; the calls only read and
+    // write it (sched_[gs]etaffinity are plain system calls).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
+            || !libc::CPU_ISSET(cpu, &set)
+            || libc::CPU_COUNT(&set) < 2
         {
-            break;
+            return;
         }
-        rustix::thread::sched_yield();
+        libc::CPU_CLR(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
-fn now_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(t.tv_nsec as u64)
+/// Field 39 of `/proc/PID/stat`: the CPU the process last ran on.
+fn last_cpu(pid: i32) -> Option<usize> {
+    let mut path = Line::new();
+    path.push(b"/proc/")
+        .num(usize::try_from(pid).ok()?)
+        .push(b"/stat\0");
+    let c = CStr::from_bytes_with_nul(&path.buf[..path.len]).ok()?;
+    let fd = fs::openat(CWD, c, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = rustix::io::read(&fd, &mut buf).ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let after = buf[..n].iter().rposition(|&b| b == b')')? + 2;
+    let field = buf[after..n].split(|&b| b == b' ').nth(39 - 3)?;
+    let mut cpu = 0usize;
+    for &d in field {
+        cpu = cpu
+            .checked_mul(10)?
+            .checked_add(usize::from(d.checked_sub(b'0').filter(|&d| d < 10)?))?;
+    }
+    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
 }
 
 /// Unlinks `name` if it still names the file `fd` has open, and that file
@@ -733,8 +551,7 @@ fn probe(name: &[u8]) -> Probe {
     }
 }
 
-/// `early`: the slots [`race_exit`] unlinked already.
-fn cleanup(table: Table, early: &[u64; SLOTS / 64]) {
+fn cleanup(table: Table) {
     use std::sync::atomic::Ordering;
     let valid = |i: usize| table.state(i).load(Ordering::Acquire) == VALID;
     // Unlink first, talk later: a parent may be checking for the segment
@@ -748,9 +565,7 @@ fn cleanup(table: Table, early: &[u64; SLOTS / 64]) {
     // the same moment may still be closing its descriptors.
     let mut pending = [0u64; SLOTS / 64];
     for i in table.used_slots() {
-        if early[i / 64] & (1 << (i % 64)) != 0 {
-            leaked += 1;
-        } else if valid(i) && first_of_name(&table, i) {
+        if valid(i) && first_of_name(&table, i) {
             match probe(table.name(i)) {
                 Probe::InUse => {
                     pending[i / 64] |= 1 << (i % 64);
