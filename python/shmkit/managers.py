@@ -284,6 +284,12 @@ class SharedMemoryManager:
         program = _manager_program() if initializer is None else None
         try:
             if program is not None:
+                if len(settings) <= select.PIPE_BUF:
+                    # Written first (a pipe takes this much without a
+                    # reader), the program reads them at once instead of
+                    # waiting for us.
+                    os.write(settings_w, settings)
+                    settings = b""
                 pid = _spawn_manager(program, settings_r, report_w, relay_child.fileno())
             else:
                 pid = os.fork()
@@ -301,7 +307,8 @@ class SharedMemoryManager:
         proc = _ManagerProcess(pid)
         try:
             try:
-                os.write(settings_w, settings)
+                if settings:
+                    os.write(settings_w, settings)
             except BrokenPipeError:
                 pass  # the child is gone: reading its report says why
             finally:

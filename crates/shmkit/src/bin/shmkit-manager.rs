@@ -16,6 +16,14 @@ use std::process::ExitCode;
 const RELAY_FD: i32 = 3;
 
 fn main() -> ExitCode {
+    // A few threads, little memory: one malloc arena spares each thread
+    // the 128 MiB arena glibc would reserve (and trim) for it at start-up.
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // thread exists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // Check that descriptor 3 is a socket before taking ownership of it.
     let is_socket = rustix::fs::fstat(
         // SAFETY: only borrowed for the fstat; an invalid number just fails.

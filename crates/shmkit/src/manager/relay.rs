@@ -14,6 +14,7 @@
 //! server's [`Stopper`], in the order they were sent.
 
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::os::unix::net::UnixStream;
 
 use super::error::ManagerError;
@@ -61,7 +62,11 @@ fn run(mut sock: UnixStream, stopper: &Stopper) {
         pending.extend_from_slice(&buf[..n]);
         let mut start = 0;
         while let Some(at) = pending[start..].iter().position(|&b| b == b'\n') {
-            handle(&pending[start..start + at], &mut sock, stopper);
+            if handle(&pending[start..start + at], &mut sock, stopper).is_break() {
+                // The parent's shutdown: it sends nothing after it, so this
+                // thread is done, and the main thread need not wake it.
+                return;
+            }
             start += at + 1;
         }
         pending.drain(..start);
@@ -69,15 +74,18 @@ fn run(mut sock: UnixStream, stopper: &Stopper) {
     // A name cut short by the parent's death cannot be known: dropped.
 }
 
-fn handle(line: &[u8], sock: &mut UnixStream, stopper: &Stopper) {
+fn handle(line: &[u8], sock: &mut UnixStream, stopper: &Stopper) -> ControlFlow<()> {
     match line {
         b"" => {
             let _ = sock.write_all(b".");
         }
-        b"!" => stopper.stop(),
+        b"!" => {
+            stopper.stop();
+            return ControlFlow::Break(());
+        }
         [b'+', name @ ..] => {
             let Ok(name) = std::str::from_utf8(name) else {
-                return; // the parent sends only names it made
+                return ControlFlow::Continue(()); // the parent sends only names it made
             };
             if !stopper.track(name) {
                 let _ = crate::unlink(name);
@@ -85,4 +93,5 @@ fn handle(line: &[u8], sock: &mut UnixStream, stopper: &Stopper) {
         }
         _ => tracing::warn!("unknown line on the manager's tracking channel"),
     }
+    ControlFlow::Continue(())
 }
