@@ -24,6 +24,7 @@ test: shm-check-start rust-test python-test bench-quick fuzz shm-check-end
 rust-test:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p shmkit -p shmkit-cli
 	cargo test $(CARGO_TEST_CRATES)
 
 python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
@@ -31,7 +32,7 @@ python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	  echo "=== pytest on CPython $$v ==="; \
 	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
 	  echo "=== mypy.stubtest on CPython $$v ==="; \
-	  .venv-$$v/bin/python -m mypy.stubtest shmkit --mypy-config-file tests/stubtest-mypy.ini \
+	  .venv-$$v/bin/python -m mypy.stubtest shmkit \
 	    --allowlist tests/stubtest-allowlist.txt; \
 	done
 
@@ -74,7 +75,7 @@ develop: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 # goes beside the package (python/shmkit/_bin), where
 # SharedMemoryManager.start() looks for it. Linked statically: with no dynamic
 # loader at work it starts ~0.3 ms sooner, a third of its start-up.
-.venv-%/.developed: .venv-%/.installed $(shell find crates python -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name Cargo.toml 2>/dev/null) Cargo.toml pyproject.toml
+.venv-%/.developed: .venv-%/.installed $(shell find crates python -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name '*.pth' -o -name Cargo.toml 2>/dev/null) Cargo.toml pyproject.toml
 	cargo rustc --release -q -p shmkit --bin shmkit-manager -- -C target-feature=+crt-static
 	install -D -m 755 target/release/shmkit-manager python/shmkit/_bin/shmkit-manager
 	VIRTUAL_ENV=$(CURDIR)/.venv-$* .venv-$*/bin/maturin develop --release -q

@@ -146,8 +146,8 @@ def run(megabytes: int = 512, workers: int = 4) -> dict:
         _wait_ready(progress, procs)
         go.set()
         t_shm = _follow(progress, n, "shared memory (by name)", procs)
-        got_shm = sum(board[:workers])
-        print(f"  worker states: {', '.join(board[workers:])}")
+        got_shm = sum(float(x) for x in board[:workers])
+        print(f"  worker states: {', '.join(str(x) for x in board[workers:])}")
 
         pipes, procs = [], []
         results = ctx.Array("d", workers, lock=False)

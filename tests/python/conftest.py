@@ -23,6 +23,10 @@ IMPLS = ("stdlib", "shmkit")
 
 
 def pytest_configure(config):
+    if os.environ.get("SHMKIT_INSTALL") == "1":
+        # install() would make the stdlib half shmkit too: the comparison
+        # this suite rests on would compare shmkit with itself.
+        raise pytest.UsageError("unset SHMKIT_INSTALL: it turns the stdlib half of this suite into shmkit")
     config.addinivalue_line(
         "markers", "shmkit_only: behaviour where shmkit deliberately improves on the stdlib"
     )

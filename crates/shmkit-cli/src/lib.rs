@@ -12,6 +12,8 @@
 //! assert_eq!(shmkit_cli::run(["shmkit", "show", "a/b"]), shmkit_cli::EXIT_ERROR);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
