@@ -78,8 +78,9 @@ WHY = {
         "close to the line: quiet runs in #2's note measured 1.16–1.17×, busy ones "
         "1.13–1.24×"),
     ("shareable_list", "sum"): (
-        "met on 3.11; on 3.13 the stdlib is faster while shmkit's cost is the same "
-        "(making 100 000 int objects is most of it), so the ratio is lower, "
+        "met on 3.11; on 3.13 most of shmkit's time is CPython allocating and "
+        "freeing the 100 000 int objects (perf: _PyObject_Malloc and _PyObject_Free "
+        "are 46% of list(sl), against 22% on 3.11), which no library avoids; "
         "44-47x in runs so far"),
     ("shareable_list", "list"): ("as sum(sl): met on 3.11, lower on 3.13"),
     ("shareable_list", "create"): ("see #3"),
