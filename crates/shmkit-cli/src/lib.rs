@@ -23,7 +23,6 @@ mod demo;
 mod hexdump;
 mod ls;
 mod out;
-mod pyrepr;
 mod serve;
 mod show;
 

@@ -4,8 +4,8 @@ use serde::Serialize;
 use shmkit::inspect::{self, ListCopy};
 use shmkit::list::Value;
 
+use crate::hexdump;
 use crate::out::{self, Out};
-use crate::{hexdump, pyrepr};
 
 /// What `show` was asked for on the command line.
 pub struct Args {
@@ -89,7 +89,7 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
                         type_name,
                         format,
                         value: Some(json_value(value)),
-                        repr: Some(pyrepr::value(value)),
+                        repr: Some(value.repr()),
                         hex: match value {
                             Value::Bytes(b) => Some(b.iter().map(|b| format!("{b:02x}")).collect()),
                             _ => None,
@@ -126,7 +126,7 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
         "{name}: a ShareableList of {} items in {} bytes, format {}",
         list.items.len(),
         list.size,
-        pyrepr::string(&list.format())
+        shmkit::pyrepr::str_repr(&list.format())
     ));
     let rows: Vec<[String; 5]> = list
         .items
@@ -137,7 +137,7 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
                 Err(_) => ("?".to_owned(), "?".to_owned()),
             };
             let value = match &i.value {
-                Ok(value) => pyrepr::value(value),
+                Ok(value) => value.repr(),
                 Err(e) => format!("<unreadable: {e}>"),
             };
             [i.index.to_string(), ty, format, i.slot.to_string(), value]

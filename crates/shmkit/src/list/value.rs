@@ -25,6 +25,29 @@ pub enum Value {
     Bytes(Vec<u8>),
 }
 
+impl Value {
+    /// Python's `repr()` of the value, as `print(repr(sl[i]))` shows it.
+    ///
+    /// ```
+    /// use shmkit::list::Value;
+    /// assert_eq!(Value::Float(-273.154).repr(), "-273.154");
+    /// assert_eq!(Value::from("howdy").repr(), "'howdy'");
+    /// assert_eq!(Value::None.repr(), "None");
+    /// ```
+    pub fn repr(&self) -> String {
+        use crate::pyrepr::{bytes_repr, float_repr, str_repr};
+        match self {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => float_repr(*f),
+            Value::Bool(true) => "True".to_owned(),
+            Value::Bool(false) => "False".to_owned(),
+            Value::None => "None".to_owned(),
+            Value::Str(s) => str_repr(s),
+            Value::Bytes(b) => bytes_repr(b),
+        }
+    }
+}
+
 /// A borrowed [`Value`]: what [`ShareableList::set`](super::ShareableList::set)
 /// and [`ShareableList::create`](super::ShareableList::create) take, so that
 /// writing a string copies it once, straight into the segment.

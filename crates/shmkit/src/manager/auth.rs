@@ -15,6 +15,7 @@
 //! legacy challenge is answered with raw HMAC-MD5. Digests are compared in
 //! constant time.
 
+use crate::pyrepr::bytes_repr;
 use hmac::{Hmac, Mac};
 
 use super::connection::Connection;
@@ -157,10 +158,6 @@ pub fn challenge(kind: ChallengeKind) -> Vec<u8> {
 
 fn auth_error(reason: impl Into<String>) -> ManagerError {
     ManagerError::Authentication(reason.into())
-}
-
-fn bytes_repr(b: &[u8]) -> String {
-    super::pickle::PyValue::Bytes(b.to_vec()).repr()
 }
 
 /// Splits a message into its digest name and payload, as CPython's

@@ -1,19 +1,13 @@
-//! Python's `repr()` of the values a ShareableList holds, so that `shmkit
-//! show` prints what `print(sl[i])` would show as `repr` in Python.
-
-use shmkit::list::Value;
-
-pub fn value(v: &Value) -> String {
-    match v {
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => float(*f),
-        Value::Bool(true) => "True".to_owned(),
-        Value::Bool(false) => "False".to_owned(),
-        Value::None => "None".to_owned(),
-        Value::Str(s) => string(s),
-        Value::Bytes(b) => bytes(b),
-    }
-}
+//! Python's `repr()` of `str`, `bytes` and `float`, for messages and
+//! displays that must read as Python's own: the manager's error replies
+//! (CPython's clients show them verbatim) and `shmkit show`.
+//!
+//! ```
+//! use shmkit::pyrepr::{bytes_repr, float_repr, str_repr};
+//! assert_eq!(str_repr("it's"), "\"it's\"");
+//! assert_eq!(bytes_repr(b"a\x00"), "b'a\\x00'");
+//! assert_eq!(float_repr(1e16), "1e+16");
+//! ```
 
 /// Python's quote choice: single quotes, unless the text has a single quote
 /// and no double quote.
@@ -25,7 +19,8 @@ fn quote_for(has_single: bool, has_double: bool) -> char {
     }
 }
 
-pub fn string(s: &str) -> String {
+/// `repr(str)`: Python's quotes and escapes.
+pub fn str_repr(s: &str) -> String {
     let q = quote_for(s.contains('\''), s.contains('"'));
     let mut out = String::with_capacity(s.len() + 2);
     out.push(q);
@@ -49,7 +44,8 @@ pub fn string(s: &str) -> String {
     out
 }
 
-pub fn bytes(b: &[u8]) -> String {
+/// `repr(bytes)`: `b'...'`, printable ASCII as is, the rest escaped.
+pub fn bytes_repr(b: &[u8]) -> String {
     let q = quote_for(b.contains(&b'\''), b.contains(&b'"'));
     let mut out = String::with_capacity(b.len() + 3);
     out.push('b');
@@ -75,7 +71,7 @@ pub fn bytes(b: &[u8]) -> String {
 /// `repr(float)`: the shortest digits that read back the same (Rust finds
 /// the same ones), laid out as Python does: positional for exponents -4
 /// to 15, else `d.ddde+XX`.
-pub fn float(f: f64) -> String {
+pub fn float_repr(f: f64) -> String {
     if f.is_nan() {
         return "nan".to_owned();
     }
@@ -138,19 +134,17 @@ mod tests {
             (f64::NAN, "nan"),
             (f64::NEG_INFINITY, "-inf"),
         ] {
-            assert_eq!(float(f), want, "{f:e}");
+            assert_eq!(float_repr(f), want, "{f:e}");
         }
     }
 
     #[test]
     fn text_reads_as_in_python() {
-        assert_eq!(string("howdy"), "'howdy'");
-        assert_eq!(string("it's"), "\"it's\"");
-        assert_eq!(string("'\""), "'\\'\"'");
-        assert_eq!(string("a\nb\x00é"), "'a\\nb\\x00é'");
-        assert_eq!(bytes(b"HoWdY"), "b'HoWdY'");
-        assert_eq!(bytes(b"\x00\xff\\"), "b'\\x00\\xff\\\\'");
-        assert_eq!(value(&Value::None), "None");
-        assert_eq!(value(&Value::Bool(true)), "True");
+        assert_eq!(str_repr("howdy"), "'howdy'");
+        assert_eq!(str_repr("it's"), "\"it's\"");
+        assert_eq!(str_repr("'\""), "'\\'\"'");
+        assert_eq!(str_repr("a\nb\x00é"), "'a\\nb\\x00é'");
+        assert_eq!(bytes_repr(b"HoWdY"), "b'HoWdY'");
+        assert_eq!(bytes_repr(b"\x00\xff\\"), "b'\\x00\\xff\\\\'");
     }
 }
