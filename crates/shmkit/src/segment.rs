@@ -176,7 +176,12 @@ impl Options {
         let fd = sys::shm_open(bare, disposition, self.mode)
             .map_err(|e| Error::from_errno("open", bare, e))?;
         let created = disposition == Disposition::CreateNew;
-        match self.size_and_map(bare, &fd, disposition, size) {
+        let found = if created {
+            None
+        } else {
+            Some(found_size(bare, &fd)?)
+        };
+        match self.size_and_map(bare, &fd, found, size) {
             Ok(region) => {
                 // Every handle marks the segment as in use, tracked or not,
                 // so no tracker unlinks it under us.
@@ -200,29 +205,23 @@ impl Options {
         }
     }
 
+    /// Sizes (a new or empty segment) and maps it; `found` is the size an
+    /// existing segment was found with, None for one just created.
     fn size_and_map(
         &self,
         name: &str,
         fd: &OwnedFd,
-        disposition: Disposition,
+        found: Option<usize>,
         size: Option<usize>,
     ) -> Result<Region> {
-        let size = match (disposition, size) {
-            (Disposition::CreateNew, Some(size)) => {
+        let size = match (found, size) {
+            // Linux keeps the requested size exactly; no fstat needed.
+            (None | Some(0), Some(size)) => {
                 self.resize(name, fd, size)?;
-                // Linux keeps the requested size exactly; no fstat needed.
                 size
             }
-            _ => {
-                let found = stat_size(name, fd)?;
-                match size {
-                    Some(size) if found == 0 => {
-                        self.resize(name, fd, size)?;
-                        size
-                    }
-                    _ => found,
-                }
-            }
+            (found, None) => found.unwrap_or(0),
+            (Some(found), Some(_)) => found,
         };
         if size == 0 {
             return Err(Error::Empty {
@@ -250,6 +249,36 @@ impl Options {
     }
 }
 
+/// The size of an existing segment, after waiting out a pending cleanup:
+/// when the segment's tracked users have all died and a watcher is
+/// deciding whether to unlink it (`crate::tracker`), attaching would keep
+/// alive a segment that is leaked by every other measure (and CPython's
+/// tests attach the moment the creator is reaped). So the attach waits for
+/// the decision: an unlinked segment is not found; one that another live
+/// process holds is attached as usual. A watcher that takes over 2 s (the
+/// tracker's own bound) is not waited for further.
+///
+/// The watcher's mark is an `fcntl` lock, which costs a system call to
+/// ask about, so it is asked only when the mode shows the watcher's hint
+/// (`sys::CLEANUP_HINT`), which the `fstat` every attach makes anyway
+/// reports for free.
+fn found_size(name: &str, fd: &OwnedFd) -> Result<usize> {
+    let mut st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
+    if st.st_mode & sys::CLEANUP_HINT != 0 && sys::cleanup_pending(fd) {
+        sys::wait_cleanup_done(fd, std::time::Duration::from_secs(2));
+        st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
+        if st.st_nlink == 0 {
+            return Err(Error::NotFound {
+                name: name.to_owned(),
+            });
+        }
+    }
+    usize::try_from(st.st_size).map_err(|_| Error::InvalidSize {
+        size: st.st_size as u64,
+        reason: "larger than the address space",
+    })
+}
+
 fn check_size(size: usize) -> Result<()> {
     if size == 0 {
         return Err(Error::InvalidSize {
@@ -264,14 +293,6 @@ fn check_size(size: usize) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn stat_size(name: &str, fd: &OwnedFd) -> Result<usize> {
-    let st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
-    usize::try_from(st.st_size).map_err(|_| Error::InvalidSize {
-        size: st.st_size as u64,
-        reason: "larger than the address space",
-    })
 }
 
 /// A named POSIX shared memory segment, mapped into this process.

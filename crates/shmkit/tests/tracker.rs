@@ -311,3 +311,139 @@ fn a_tracking_thread_that_exits_does_not_count_as_the_process_dying() {
     assert!(err.contains(WARNING), "stderr: {err}");
     cleanup(&name);
 }
+
+/// Whether this process's watcher runs at real-time priority, as it does
+/// where the system allows it (root, or an RLIMIT_RTPRIO): then it always
+/// marks a dying process's segments before that process's parent can
+/// attach; otherwise it usually does.
+fn watcher_is_real_time() -> bool {
+    let probe = Options::new()
+        .track(true)
+        .create_named(&unique("rtprobe"), 1)
+        .unwrap();
+    let pid = shmkit::tracker::watcher_pid().unwrap() as i32;
+    probe.unlink().unwrap();
+    // SAFETY: a plain system call on a pid.
+    unsafe { libc::sched_getscheduler(pid) == libc::SCHED_FIFO }
+}
+
+/// CPython's test_shared_memory_cleaned_after_process_termination, as a
+/// Rust program sees it: the parent attaches the moment its child is
+/// reaped, and must find the segment gone (its watcher marked it "cleanup
+/// pending" as the child began to exit), never keep it alive.
+#[test]
+fn attaching_the_moment_the_creator_is_reaped_finds_it_gone() {
+    let strict = watcher_is_real_time();
+    let mut kept = 0;
+    for _ in 0..10 {
+        let name = unique("reaped");
+        let mut child = spawn("create", &name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let attached = SharedMemory::open(&name);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        cleanup(&name);
+        assert!(err.contains(WARNING), "stderr: {err}");
+        match attached {
+            Err(shmkit::Error::NotFound { .. }) => {}
+            Ok(_) if !strict => kept += 1,
+            other => {
+                panic!("attached a segment whose only user was dead: {other:?}; stderr: {err}")
+            }
+        }
+    }
+    if kept > 0 {
+        eprintln!("without real-time priority, the attach won the race {kept} times in 10");
+    }
+}
+
+/// An attach that finds a segment marked "cleanup pending" waits for the
+/// watcher's decision: not found if it unlinked the segment, attached as
+/// usual if it left it (someone else holds it).
+#[test]
+fn an_attach_waits_out_a_pending_cleanup() {
+    use std::os::fd::AsRawFd;
+    for unlink in [true, false] {
+        let name = unique("pending");
+        let shm = Options::new().track(false).create_named(&name, 64).unwrap();
+        drop(shm);
+        // What a watcher does: its own open file, a read lock far past the
+        // end (the range sys::set_cleanup_mark uses), and the sticky bit as
+        // the hint attachers look for.
+        let path = format!("/dev/shm/{name}");
+        let watcher = std::fs::File::open(&path).unwrap();
+        set_mode(&path, 0o1600);
+        // SAFETY: plain old data, then one fcntl on a descriptor we own.
+        let marked = unsafe {
+            let mut lock: libc::flock = std::mem::zeroed();
+            lock.l_type = libc::F_RDLCK as libc::c_short;
+            lock.l_whence = libc::SEEK_SET as libc::c_short;
+            lock.l_start = i64::MAX - 1;
+            lock.l_len = 1;
+            libc::fcntl(watcher.as_raw_fd(), libc::F_OFD_SETLK, &lock) == 0
+        };
+        assert!(marked);
+        let decide = {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                if unlink {
+                    shmkit::unlink(&name).unwrap();
+                }
+                drop(watcher);
+            })
+        };
+        let start = Instant::now();
+        let attached = SharedMemory::open(&name);
+        let waited = start.elapsed();
+        decide.join().unwrap();
+        cleanup(&name);
+        assert!(
+            waited >= Duration::from_millis(90),
+            "did not wait: {waited:?}"
+        );
+        if unlink {
+            assert!(
+                matches!(attached, Err(shmkit::Error::NotFound { .. })),
+                "{attached:?}"
+            );
+        } else {
+            assert_eq!(attached.unwrap().len(), 64);
+        }
+    }
+    // A hint left behind with no mark (its watcher was killed) is ignored.
+    let name = unique("stale");
+    let shm = Options::new().track(false).create_named(&name, 64).unwrap();
+    set_mode(&format!("/dev/shm/{name}"), 0o1600);
+    let start = Instant::now();
+    let again = SharedMemory::open(&name).unwrap();
+    assert!(start.elapsed() < Duration::from_millis(50));
+    drop((shm, again));
+    cleanup(&name);
+}
+
+fn set_mode(path: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The counting CPython's tests expect: a name registered and unlinked by
+/// someone else (here, this process) still counts as leaked, and gets
+/// CPython's FileNotFoundError line.
+#[test]
+fn a_tracked_segment_unlinked_by_another_process_is_counted_with_its_error() {
+    let name = unique("peer");
+    let child = spawn("create", &name);
+    shmkit::unlink(&name).unwrap();
+    let err = finish(child, true);
+    assert!(err.contains(WARNING), "stderr: {err}");
+    let line =
+        format!("resource_tracker: '/{name}': [Errno 2] No such file or directory: '/{name}'");
+    assert!(err.contains(&line), "stderr: {err}");
+}

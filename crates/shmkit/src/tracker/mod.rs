@@ -16,7 +16,12 @@
 //!   tries `flock(LOCK_EX | LOCK_NB)` on a fresh descriptor of each name
 //!   still in the table: success means no live process has the segment open,
 //!   so it is unlinked, with CPython's warning on stderr; failure means
-//!   someone still uses it, and it is left alone.
+//!   someone still uses it, and it is left alone;
+//! * as the process starts to exit, before its files are released, the
+//!   watcher marks its segments "cleanup pending" (`sys::set_cleanup_mark`),
+//!   and an attach that finds the mark waits for the outcome instead of
+//!   keeping the segment alive (`segment::found_size`). A parent that
+//!   attaches the moment its child is reaped thus finds the segment gone.
 //!
 //! [`crate::Options::track`] turns it on in Rust; Python's `track=True` (the
 //! default) uses it.
@@ -52,12 +57,15 @@ const OWNER_AT: usize = HEADER - 8;
 /// Where the byte offset of the robust mutex's futex word is kept (an i32;
 /// -1 when there is none): see [`Table::arm_death_wake`].
 const ROBUST_WORD_AT: usize = HEADER - 16;
+/// Set to 1 (and woken) by a watcher once it is watching: see
+/// `watcher::launch`.
+const READY_AT: usize = HEADER - 20;
 /// The robust mutex itself (64 bytes reserved; a `pthread_mutex_t` is 40
 /// or 48).
 const ROBUST_AT: usize = HEADER / 2;
 const _: () = assert!(PAGES.div_ceil(64) * 8 <= ROBUST_AT);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
-const _: () = assert!(ROBUST_AT + 64 <= ROBUST_WORD_AT);
+const _: () = assert!(ROBUST_AT + 64 <= READY_AT && READY_AT + 4 <= ROBUST_WORD_AT);
 /// The memfd name of a table, as `/proc/PID/fd` shows it (`/memfd:NAME`).
 pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
 
@@ -193,6 +201,11 @@ impl Table {
     fn death_word(&self) -> Option<&AtomicU32> {
         let at = usize::try_from(self.robust_word_at().load(Ordering::Acquire)).ok()?;
         (at >= ROBUST_AT && at + 4 <= ROBUST_AT + 64 && at % 4 == 0).then(|| self.word(at))
+    }
+
+    /// The watcher-ready word (`READY_AT`).
+    fn ready(&self) -> &AtomicU32 {
+        self.word(READY_AT)
     }
 
     /// The pid of the process that made the table (its fork children share

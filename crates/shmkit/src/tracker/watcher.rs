@@ -11,6 +11,8 @@ use rustix::fs::{self, FlockOperation, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use rustix::process::Pid;
 
+use std::sync::atomic::Ordering;
+
 use super::{Table, SLOTS, VALID};
 
 /// The sentinel: one page of a memfd on which this process holds
@@ -63,6 +65,7 @@ pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Er
     let sentinel = sentinel();
     let sentinel_fd = sentinel.as_ref().map_or(-1, |s| s.fd.as_raw_fd());
     let sentinel_addr = sentinel.as_ref().map_or(0, |s| s.addr);
+    table.ready().store(0, Ordering::Relaxed);
     // SAFETY: the child calls only async-signal-safe functions (raw system
     // calls through rustix's linux_raw backend, no allocator, no lock another
     // thread may have held at the fork) and ends with `_exit`; see `run`.
@@ -84,8 +87,30 @@ pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Er
             drop(read);
             // Only the mapping keeps the sentinel (and its lock) now.
             drop(sentinel);
+            wait_ready(&table);
             Pid::from_raw(pid).map(|p| (p, write)).ok_or(Errno::CHILD)
         }
+    }
+}
+
+/// Waits (100 ms at most) until the new watcher is watching. Until then a
+/// death of this process would go unseen for the watcher's start-up (a
+/// millisecond or so), and a parent that checks for the segment at once
+/// (CPython's tests do) could attach it first. Only the first tracked
+/// segment of a process pays this.
+fn wait_ready(table: &Table) {
+    use rustix::thread::futex;
+    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_millis(100);
+    while table.ready().load(Ordering::Acquire) == 0 {
+        let Some(left) = limit.checked_sub(start.elapsed()) else {
+            return;
+        };
+        let timeout = futex::Timespec {
+            tv_sec: 0,
+            tv_nsec: left.as_nanos() as _,
+        };
+        let _ = futex::wait(table.ready(), futex::Flags::empty(), 0, Some(&timeout));
     }
 }
 
@@ -99,14 +124,14 @@ fn sleep_ms(ms: u64) {
 
 /// A message built on the stack and written to stderr in one `write`.
 struct Line {
-    buf: [u8; 512],
+    buf: [u8; 1024],
     len: usize,
 }
 
 impl Line {
     fn new() -> Self {
         Line {
-            buf: [0; 512],
+            buf: [0; 1024],
             len: 0,
         }
     }
@@ -319,10 +344,23 @@ fn run(
     }
     let _ = rustix::process::chdir(c"/");
     // Woken as its process dies, the watcher races that process's parent
-    // to the segments (see `avoid_cpu_of`): where allowed (CAP_SYS_NICE),
-    // it asks to be scheduled first. It sleeps the rest of its life.
-    // SAFETY: setpriority is async-signal-safe and touches no memory.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
+    // to the segments: it must mark them before the parent, told of the
+    // death, attaches. A sleeper of the lowest real-time priority is woken
+    // on an idle CPU, or preempts whatever runs, at once; an ordinary one may
+    // be queued behind the dying process's own exit for a millisecond or
+    // more. So it asks for SCHED_FIFO where allowed (root, or an
+    // RLIMIT_RTPRIO), else for a higher nice value (CAP_SYS_NICE), else
+    // runs as it is. It sleeps the rest of its life, and its last work is
+    // bounded (`cleanup`).
+    // SAFETY: sched_setscheduler and setpriority are plain system calls
+    // (async-signal-safe) that read only the parameter on our stack.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 1 };
+        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+        if libc::sched_setscheduler(0, policy, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
+        }
+    }
     let own = reopen(sentinel_fd);
     close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
     unmap_segments();
@@ -337,24 +375,48 @@ fn run(
     let pipe = unsafe { BorrowedFd::borrow_raw(read) };
     if let Some(own) = own {
         // The tracking thread's death wakes us as its exit begins
-        // (`Table::arm_death_wake`). Nothing is decided then: the sentinel
-        // below still says when the whole tree has let go. But the wake-up
-        // that sentinel gives would otherwise land on the dying process's
-        // CPU, behind the rest of its exit, while its parent, told of the
-        // death, runs on another and may attach first. So we move off that
-        // CPU now.
+        // (`Table::arm_death_wake`), before its files are released and well
+        // before its parent's `wait()` returns. Once the marks are set, we
+        // move off the dying process's CPU, where the sentinel's wake-up
+        // would otherwise land, behind the rest of its exit.
+        let mut marks = Marks::new();
+        signal_ready(&table);
         if wait_owner_death(&table, pipe) {
-            avoid_cpu_of(table.owner().load(std::sync::atomic::Ordering::Relaxed));
+            let owner = table.owner().load(Ordering::Relaxed);
+            // Mark each tracked segment "cleanup pending", so that a process
+            // attaching from now on waits for our decision instead of
+            // holding the segment (`segment::wait_out_cleanup`). Marking
+            // comes first, for a small process exits in a few dozen
+            // microseconds; then the marks are kept only if the whole
+            // process is dying: not if a thread exited alone, nor if we were
+            // relaunched by a fork child (whose death is not the table
+            // owner's).
+            if owner == parent.as_raw_nonzero().get() {
+                marks.set_all(&table);
+                if !marks.is_empty() && !exiting(owner) {
+                    marks.clear();
+                }
+            }
+            avoid_cpu_of(owner);
+            // The process must be gone within 2 s, fork children included,
+            // or the marks are dropped and the wait below goes on without.
+            if !marks.is_empty() {
+                let dying = owner_gone(parent_pidfd.as_ref()) && try_shared(&own);
+                if !dying {
+                    marks.clear();
+                }
+            }
         }
         // Returns once the parent and its fork children are gone and every
         // file they had is released (see `Sentinel`): only then is a
         // segment nobody holds truly left over, and not one a live process
         // is about to unlink itself.
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
-        cleanup(table);
+        cleanup(table, &mut marks);
         // SAFETY: as below.
         unsafe { libc::_exit(0) }
     }
+    signal_ready(&table);
     wait_eof(pipe);
     // End of file comes while the parent's exit closes its descriptors,
     // maybe before the segments'. Wait until it is gone for good: its pidfd
@@ -381,10 +443,107 @@ fn run(
             }
         }
     }
-    cleanup(table);
+    cleanup(table, &mut Marks::new());
     // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
     // (they belong to the parent's program).
     unsafe { libc::_exit(0) }
+}
+
+/// Open files of tracked segments on which this watcher holds the "cleanup
+/// pending" mark (`sys::set_cleanup_mark`), on the stack: the watcher does
+/// not allocate. Closing a file drops its mark; `_exit` closes any left.
+struct Marks {
+    fds: [RawFd; MAX_MARKS],
+    /// Whether we set the mode hint on each (and must clear it again).
+    hinted: [bool; MAX_MARKS],
+    len: usize,
+}
+
+/// Segments past this many are cleaned up unmarked (as before marks
+/// existed): an attach may then win the race and keep one alive. It also
+/// bounds the descriptors the watcher opens.
+const MAX_MARKS: usize = 256;
+
+impl Marks {
+    fn new() -> Self {
+        Marks {
+            fds: [-1; MAX_MARKS],
+            hinted: [false; MAX_MARKS],
+            len: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn set_all(&mut self, table: &Table) {
+        for i in table.used_slots() {
+            if self.len == MAX_MARKS {
+                return;
+            }
+            if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
+                continue;
+            }
+            let Some(fd) = open_segment(table.name(i)) else {
+                continue;
+            };
+            if crate::sys::set_cleanup_mark(&fd) {
+                // Mark first, hint second: an attacher that sees the hint
+                // always finds the mark.
+                self.hinted[self.len] = crate::sys::set_cleanup_hint(&fd, true);
+                self.fds[self.len] = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Drops every mark, and the hints of segments still linked.
+    fn clear(&mut self) {
+        for (&fd, &hinted) in self.fds[..self.len].iter().zip(&self.hinted) {
+            if hinted {
+                // SAFETY: a descriptor this struct opened and owns, open
+                // until the close below.
+                crate::sys::set_cleanup_hint(unsafe { BorrowedFd::borrow_raw(fd) }, false);
+            }
+            // SAFETY: as above; closed once.
+            unsafe { rustix::io::close(fd) };
+        }
+        self.len = 0;
+    }
+}
+
+/// Waits up to two seconds for the process that forked us to be gone for
+/// good (its pidfd turns readable once it is a zombie, every file closed);
+/// false if it is still alive then, or cannot be watched.
+fn owner_gone(pidfd: Option<&OwnedFd>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let Some(fd) = pidfd else {
+        return false;
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let limit = Timespec {
+        tv_sec: 2,
+        tv_nsec: 0,
+    };
+    loop {
+        match rustix::event::poll(&mut fds, Some(&limit)) {
+            Ok(n) => return n > 0,
+            Err(Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `flock(LOCK_SH | LOCK_NB)` on the sentinel: whether no fork child of the
+/// dead process still holds it.
+fn try_shared(own: &OwnedFd) -> bool {
+    fs::flock(own, FlockOperation::NonBlockingLockShared).is_ok()
+}
+
+fn signal_ready(table: &Table) {
+    table.ready().store(1, Ordering::Release);
+    let _ = rustix::thread::futex::wake(table.ready(), rustix::thread::futex::Flags::empty(), 1);
 }
 
 fn wait_eof(pipe: BorrowedFd<'_>) {
@@ -401,9 +560,10 @@ fn wait_eof(pipe: BorrowedFd<'_>) {
 /// Whether slot `i` is the first VALID slot holding its name.
 fn first_of_name(table: &Table, i: usize) -> bool {
     let name = table.name(i);
-    table.used_slots().take_while(|&j| j < i).all(|j| {
-        table.state(j).load(std::sync::atomic::Ordering::Acquire) != VALID || table.name(j) != name
-    })
+    table
+        .used_slots()
+        .take_while(|&j| j < i)
+        .all(|j| table.state(j).load(Ordering::Acquire) != VALID || table.name(j) != name)
 }
 
 enum Probe {
@@ -418,7 +578,6 @@ enum Probe {
 /// every second to look at the pipe, which bounds the second case.
 fn wait_owner_death(table: &Table, pipe: BorrowedFd<'_>) -> bool {
     use rustix::thread::futex;
-    use std::sync::atomic::Ordering;
     let Some(word) = table.death_word() else {
         return false;
     };
@@ -490,6 +649,32 @@ fn avoid_cpu_of(pid: i32) {
 
 /// Field 39 of `/proc/PID/stat`: the CPU the process last ran on.
 fn last_cpu(pid: i32) -> Option<usize> {
+    let cpu = usize::try_from(stat_field(pid, 39)?).ok()?;
+    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
+}
+
+/// The kernel's `PF_EXITING` task flag (include/linux/sched.h), set as a
+/// thread enters `do_exit`, before anything of it is released.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` is dying: its main thread is exiting. The thread
+/// whose death woke us may be another one, killed a moment before the main
+/// thread in the same exit, so a "no" is asked again for a few
+/// milliseconds before it is believed.
+fn exiting(pid: i32) -> bool {
+    for _ in 0..10 {
+        match stat_field(pid, 9) {
+            Some(flags) if flags & PF_EXITING != 0 => return true,
+            Some(_) => sleep_ms(1),
+            // Reaped already.
+            None => return true,
+        }
+    }
+    false
+}
+
+/// Numeric field `n` (1-based, `n` >= 3) of `/proc/PID/stat`.
+fn stat_field(pid: i32, n: usize) -> Option<u64> {
     let mut path = Line::new();
     path.push(b"/proc/")
         .num(usize::try_from(pid).ok()?)
@@ -497,17 +682,19 @@ fn last_cpu(pid: i32) -> Option<usize> {
     let c = CStr::from_bytes_with_nul(&path.buf[..path.len]).ok()?;
     let fd = fs::openat(CWD, c, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let mut buf = [0u8; 1024];
-    let n = rustix::io::read(&fd, &mut buf).ok()?;
+    let len = rustix::io::read(&fd, &mut buf).ok()?;
     // The command name (field 2) may hold spaces: count from its ')'.
-    let after = buf[..n].iter().rposition(|&b| b == b')')? + 2;
-    let field = buf[after..n].split(|&b| b == b' ').nth(39 - 3)?;
-    let mut cpu = 0usize;
+    let after = buf[..len].iter().rposition(|&b| b == b')')? + 2;
+    let field = buf[after..len]
+        .split(|&b| b == b' ')
+        .nth(n.checked_sub(3)?)?;
+    let mut v = 0u64;
     for &d in field {
-        cpu = cpu
+        v = v
             .checked_mul(10)?
-            .checked_add(usize::from(d.checked_sub(b'0').filter(|&d| d < 10)?))?;
+            .checked_add(u64::from(d.checked_sub(b'0').filter(|&d| d < 10)?))?;
     }
-    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
+    Some(v)
 }
 
 /// Unlinks `name` if it still names the file `fd` has open, and that file
@@ -527,16 +714,21 @@ fn unlink_if_same(name: &[u8], fd: &OwnedFd) -> bool {
         && fs::unlinkat(CWD, path.c_str(), fs::AtFlags::empty()).is_ok()
 }
 
-fn probe(name: &[u8]) -> Probe {
-    let Some(path) = Path::new(name) else {
-        return Probe::Gone;
-    };
-    let Ok(fd) = fs::openat(
+/// A fresh open file of segment `name`, read-only and without following a
+/// link or blocking on a FIFO someone put in its place.
+fn open_segment(name: &[u8]) -> Option<OwnedFd> {
+    let path = Path::new(name)?;
+    fs::openat(
         CWD,
         path.c_str(),
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
-    ) else {
+    )
+    .ok()
+}
+
+fn probe(name: &[u8]) -> Probe {
+    let Some(fd) = open_segment(name) else {
         return Probe::Gone;
     };
     match fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
@@ -551,31 +743,32 @@ fn probe(name: &[u8]) -> Probe {
     }
 }
 
-fn cleanup(table: Table) {
-    use std::sync::atomic::Ordering;
+/// Unlinks the leftover segments in `table`, then drops `marks`, so that
+/// processes waiting to attach see the outcome.
+fn cleanup(table: Table, marks: &mut Marks) {
     let valid = |i: usize| table.state(i).load(Ordering::Acquire) == VALID;
+    let has = |set: &[u64], i: usize| set[i / 64] & (1 << (i % 64)) != 0;
     // Unlink first, talk later: a parent may be checking for the segment
     // the moment its child is gone.
     // CPython's count: names registered and not unregistered, once each,
-    // except those already gone: someone unlinked them (a manager, a peer),
-    // which is no leak, so they are dropped silently (CPython prints a
-    // FileNotFoundError for each).
+    // those someone else unlinked included (CPython's own tests count
+    // them, and expect the FileNotFoundError line each gets).
     let mut leaked = 0usize;
+    let mut gone = [0u64; SLOTS / 64];
     // Names still in use are retried a few times: a process that died at
     // the same moment may still be closing its descriptors.
     let mut pending = [0u64; SLOTS / 64];
     for i in table.used_slots() {
         if valid(i) && first_of_name(&table, i) {
+            leaked += 1;
             match probe(table.name(i)) {
-                Probe::InUse => {
-                    pending[i / 64] |= 1 << (i % 64);
-                    leaked += 1;
-                }
-                Probe::Unlinked => leaked += 1,
-                Probe::Gone => {}
+                Probe::InUse => pending[i / 64] |= 1 << (i % 64),
+                Probe::Gone => gone[i / 64] |= 1 << (i % 64),
+                Probe::Unlinked => {}
             }
         }
     }
+    marks.clear();
     if leaked == 0 {
         return;
     }
@@ -584,26 +777,32 @@ fn cleanup(table: Table) {
         .num(leaked)
         .push(b" leaked shared_memory objects to clean up at shutdown\n")
         .emit();
+    for i in (0..SLOTS).filter(|&i| has(&gone, i)) {
+        let name = table.name(i);
+        Line::new()
+            .push(b"shmkit: UserWarning: resource_tracker: '/")
+            .push(name)
+            .push(b"': [Errno 2] No such file or directory: '/")
+            .push(name)
+            .push(b"'\n")
+            .emit();
+    }
     for delay in [10, 20, 40, 80, 150] {
         if pending.iter().all(|&w| w == 0) {
             return;
         }
         sleep_ms(delay);
         for i in 0..SLOTS {
-            if pending[i / 64] & (1 << (i % 64)) != 0
-                && !matches!(probe(table.name(i)), Probe::InUse)
-            {
+            if has(&pending, i) && !matches!(probe(table.name(i)), Probe::InUse) {
                 pending[i / 64] &= !(1 << (i % 64));
             }
         }
     }
-    for i in 0..SLOTS {
-        if pending[i / 64] & (1 << (i % 64)) != 0 {
-            Line::new()
-                .push(b"shmkit: resource_tracker: '/")
-                .push(table.name(i))
-                .push(b"': still open in another process; not unlinked\n")
-                .emit();
-        }
+    for i in (0..SLOTS).filter(|&i| has(&pending, i)) {
+        Line::new()
+            .push(b"shmkit: resource_tracker: '/")
+            .push(table.name(i))
+            .push(b"': still open in another process; not unlinked\n")
+            .emit();
     }
 }
