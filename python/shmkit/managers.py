@@ -452,7 +452,8 @@ class SharedMemoryManager:
         (in a segment named ``name`` if given) that the server unlinks when
         it shuts down."""
         client = self._get_client()
-        sl = shared_memory.ShareableList(sequence, name=name)
+        # As SharedMemory() above: the manager unlinks it, not our tracker.
+        sl = shared_memory.ShareableList(sequence, name=name, track=False)
         return self._track(client, sl, sl.shm)
 
     def list_segments(self):

@@ -83,7 +83,8 @@ class ShareableList(_shmkit.ShareableListBase):
 
     ``ShareableList(sequence)`` creates a list (in a block named ``name`` if
     given); ``ShareableList(name=name)`` attaches to an existing one. The
-    block is ``self.shm``.
+    block is ``self.shm``; ``track=False`` (a shmkit extension) makes it an
+    untracked SharedMemory, which no leak tracker unlinks.
 
     Beyond the stdlib: ``sl[i:j]`` returns a plain list; equal-length slice
     assignment works; ``del sl[i]`` and ``del sl[i:j]`` set items to None

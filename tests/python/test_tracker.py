@@ -30,6 +30,8 @@ HOLD = """if 1:
         obj = SharedMemory(name)
     elif mode == "list":
         obj = ShareableList([1, "two", 3.0], name=name)
+    elif mode == "list-untracked":
+        obj = ShareableList([1, "two", 3.0], name=name, track=False)
     elif mode == "create-unlink":
         obj = SharedMemory(name, create=True, size=4096)
     print("ready", flush=True)
@@ -130,6 +132,50 @@ def test_shareable_lists_are_tracked_like_segments(tracked_name):
     _, err = finish(p, kill=True)
     assert gone_within(tracked_name, 2.0)
     assert WARNING in err
+
+
+def test_an_untracked_shareable_list_is_left_alone(tracked_name):
+    p = start("list-untracked", tracked_name)
+    _, err = finish(p, kill=True)
+    time.sleep(0.3)
+    assert h.segment_exists(tracked_name)
+    assert "resource_tracker" not in err
+
+
+def test_a_name_unlinked_by_another_process_is_counted_as_cpython_counts(tracked_name):
+    """CPython's tracker counts every name registered and not unregistered,
+    and prints the FileNotFoundError of each one someone else removed;
+    TestResourceTracker.test_resource_tracker checks both."""
+    p = start("create", tracked_name)
+    assert h.remove_segment(tracked_name)
+    _, err = finish(p, kill=True)
+    assert WARNING in err
+    assert (
+        f"resource_tracker: '/{tracked_name}': [Errno 2] No such file or directory: "
+        f"'/{tracked_name}'"
+    ) in err
+
+
+def test_attaching_the_moment_the_creator_is_reaped_finds_it_gone(tracked_name):
+    """CPython's test_shared_memory_cleaned_after_process_termination: the
+    attach waits for the child's watcher, which marked the segment as the
+    child began to exit, and finds it unlinked."""
+    from shmkit.shared_memory import SharedMemory
+
+    for _ in range(5):
+        p = start("create", tracked_name)
+        p.terminate()
+        p.wait()
+        try:
+            kept = SharedMemory(tracked_name)
+        except FileNotFoundError:
+            kept = None
+        _, err = finish(p)
+        if kept is not None:
+            kept.close()
+            kept.unlink()
+        assert kept is None, "attached a segment whose only user was dead"
+        assert WARNING in err
 
 
 def test_unlink_unregisters_and_a_second_unlink_is_quiet(tracked_name):

@@ -7,7 +7,8 @@
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyBytes, PyFloat, PyInt, PyList, PyRange, PyRangeMethods, PySlice, PyString, PyTuple,
+    PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyRange, PyRangeMethods, PySlice, PyString,
+    PyTuple,
 };
 use pyo3::{ffi, intern};
 use shmkit::list::fixed::FixedImage;
@@ -44,6 +45,17 @@ impl ShareableListBase {
     }
 }
 
+/// `SharedMemory(name, create=True, size=size, **kwargs)`.
+fn create<'py>(
+    class: &Bound<'py, PyAny>,
+    kwargs: &Bound<'py, PyDict>,
+    name: Option<&Bound<'py, PyAny>>,
+    size: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let none = class.py().None().into_bound(class.py());
+    class.call((name.unwrap_or(&none), true, size), Some(kwargs))
+}
+
 #[pymethods]
 impl ShareableListBase {
     #[new]
@@ -57,21 +69,29 @@ impl ShareableListBase {
     }
 
     /// Creates a list of `sequence` (in a new segment, named `name` if
-    /// given), or attaches to the list in segment `name`.
-    #[pyo3(signature = (sequence=None, *, name=None))]
+    /// given), or attaches to the list in segment `name`. `track` (a
+    /// shmkit extension, as SharedMemory's) is passed to its segment.
+    #[pyo3(signature = (sequence=None, *, name=None, track=true))]
     fn __init__(
         slf: &Bound<'_, Self>,
         sequence: Option<&Bound<'_, PyAny>>,
         name: Option<&Bound<'_, PyAny>>,
+        track: bool,
     ) -> PyResult<()> {
         let py = slf.py();
         let module = shared_memory_module(py)?;
-        let shm_class = module.getattr(intern!(py, "SharedMemory"))?;
+        let class = module.getattr(intern!(py, "SharedMemory"))?;
+        // Only an untracked list passes `track`, so a SharedMemory class
+        // without it (patched in by a user) still serves the default.
+        let kwargs = PyDict::new(py);
+        if !track {
+            kwargs.set_item(intern!(py, "track"), false)?;
+        }
         let name = name.filter(|n| !n.is_none());
         let sequence = sequence.filter(|s| !s.is_none());
 
         let (shm, layout) = if let (Some(name), None) = (name, sequence) {
-            let shm = shm_class.call1((name,))?;
+            let shm = class.call((name,), Some(&kwargs))?;
             let segment = segment_of(&shm)?;
             let layout = Layout::attach(segment.bind(py).get().region()).map_err(list_err)?;
             (shm, layout)
@@ -80,8 +100,7 @@ impl ShareableListBase {
             None => None,
         } {
             // Every item has an 8-byte slot: the bytes are ready, in one piece.
-            let none = py.None();
-            let shm = shm_class.call1((name.unwrap_or(none.bind(py)), true, layout.size()))?;
+            let shm = create(&class, &kwargs, name, layout.size())?;
             let segment = segment_of(&shm)?;
             let mut region = segment.bind(py).get().region();
             if let Err(e) = region.write(0, &bytes) {
@@ -101,8 +120,7 @@ impl ShareableListBase {
             }
             // Every check happens here, before anything exists.
             let layout = Layout::for_values(&values).map_err(list_err)?;
-            let none = py.None();
-            let shm = shm_class.call1((name.unwrap_or(none.bind(py)), true, layout.size()))?;
+            let shm = create(&class, &kwargs, name, layout.size())?;
             let segment = segment_of(&shm)?;
             // Fresh tmpfs pages are zero, so only the list's own bytes are
             // written.
