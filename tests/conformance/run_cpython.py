@@ -149,6 +149,15 @@ MANAGER_SUBPROCESS_TESTS = (
 TRACKER_TESTS = (
     "test_shared_memory_untracking",  # 3.13+
     "test_shared_memory_tracking",  # 3.13+
+    # Attaches in a loop from the moment its child is reaped, holding what
+    # it attaches: shmkit's watcher marks the child's segments "cleanup
+    # pending" as the child starts to exit, and the attach waits for the
+    # cleanup (docs/compat.md, "Leak tracking").
+    "test_shared_memory_cleaned_after_process_termination",
+    # The shared-memory case checks CPython's count (a name unlinked by
+    # someone else still counts) and its FileNotFoundError line; the
+    # semaphore case exercises the stdlib's tracker, untouched.
+    "TestResourceTracker.test_resource_tracker",
     # These exercise the stdlib's tracker (semaphores) and pass untouched;
     # kept so a shmkit import in those interpreters is seen not to break it.
     "TestResourceTracker.test_resource_tracker_sigint",
@@ -157,20 +166,6 @@ TRACKER_TESTS = (
     "TestResourceTracker.test_resource_tracker_reused",
     "TestResourceTracker.test_too_long_name_resource",
 )
-# Where shmkit's tracker deliberately differs (docs/compat.md, "Leak
-# tracking"); not in the default selection:
-# * cleaned_after_process_termination attaches to the segment (and so holds
-#   it) the moment its child is reaped, in a loop; shmkit never unlinks a
-#   segment a live process has open, so it passes only when the child's
-#   watcher wins that race (often, not always), and otherwise waits out
-#   LONG_TIMEOUT (300 s);
-# * test_resource_tracker unlinks one of two segments itself, then expects
-#   "2 leaked" and a FileNotFoundError line for it; shmkit counts and
-#   reports only segments still there to clean ("1 leaked"), silently.
-TRACKER_DIFFERENCES = (
-    "test_shared_memory_cleaned_after_process_termination",
-    "TestResourceTracker.test_resource_tracker",
-)
 
 GROUPS = {
     "shared_memory": SHARED_MEMORY_TESTS,
@@ -178,11 +173,10 @@ GROUPS = {
     "manager": MANAGER_TESTS,
     "manager_subprocess": MANAGER_SUBPROCESS_TESTS,
     "tracker": TRACKER_TESTS,
-    "tracker_differences": TRACKER_DIFFERENCES,
 }
 GROUPS["all"] = tuple(
     t
-    for g in ("shared_memory", "shareable_list", "manager", "manager_subprocess", "tracker", "tracker_differences")
+    for g in ("shared_memory", "shareable_list", "manager", "manager_subprocess", "tracker")
     for t in GROUPS[g]
 )
 
@@ -202,18 +196,10 @@ CLASS_GROUP = "class"
 # failure, fails the run.
 INSTALL_EXPECTED_FAILURES = {}
 
-# --install: tests of the class left out of the default selection, each named
-# in the output with its reason (they still run when named explicitly): the
-# class's members of TRACKER_DIFFERENCES, whose outcome is a race rather than
-# a fixed difference (see there); a test leaves this set when it leaves
-# TRACKER_DIFFERENCES.
-INSTALL_LEFT_OUT = {
-    name: "shmkit's leak tracker never unlinks a segment a live process holds, and this test "
-    "holds it while it waits (docs/compat.md, Leak tracking): it passes only when the "
-    "tracker wins the race, else waits out 300 s (tracker_differences group)"
-    for name in TRACKER_DIFFERENCES
-    if "." not in name
-}
+# --install: tests of the class left out of the default selection, each
+# named in the output with its reason (they still run when named
+# explicitly). None at present.
+INSTALL_LEFT_OUT = {}
 
 
 # --------------------------------------------------------------------------
@@ -227,15 +213,43 @@ INSTALL_LEFT_OUT = {
 # is removed when the run ends.
 
 HOOK_ENV = "SHMKIT_CONFORMANCE_IMPL"
-HOOK_FILE = "_shmkit_conformance_hook.pth"
+# site.py reads .pth files in sorted order, and the hook must come after the
+# one that puts an editable install (maturin develop) on sys.path; "zz" sorts
+# after any lowercase name. If the import still fails, the interpreter exits
+# (status 70) rather than silently testing the stdlib.
+HOOK_FILE = "zz_shmkit_conformance_hook.pth"
 HOOK_LINE = (
     r"import os; exec('import sys, importlib, multiprocessing\n"
-    r"m = importlib.import_module(os.environ[\'SHMKIT_CONFORMANCE_IMPL\'])\n"
+    r"try:\n"
+    r" m = importlib.import_module(os.environ[\'SHMKIT_CONFORMANCE_IMPL\'])\n"
+    r"except Exception as e:\n"
+    r" sys.stderr.write(\'run_cpython hook: cannot import %s: %r\\n\' "
+    r"% (os.environ[\'SHMKIT_CONFORMANCE_IMPL\'], e))\n"
+    r" os._exit(70)\n"
     r"sys.modules[\'multiprocessing.shared_memory\'] = m\n"
     r"multiprocessing.shared_memory = m')"
     r" if os.environ.get('SHMKIT_CONFORMANCE_IMPL') else None"
     "\n"
 )
+
+
+def check_hook():
+    """A fresh ``python -E`` (as the tracker tests start) resolves
+    multiprocessing.shared_memory to the implementation under test; returns
+    an error message or None."""
+    import subprocess
+
+    probe = "import multiprocessing.shared_memory as m; print(m.SharedMemory.__module__)"
+    r = subprocess.run(
+        [sys.executable, "-E", "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    got = r.stdout.strip()
+    if r.returncode != 0 or got != IMPL_NAME:
+        return (
+            f"a fresh interpreter resolves multiprocessing.shared_memory to {got!r}, "
+            f"not {IMPL_NAME!r} (exit {r.returncode}): {r.stderr.strip()}"
+        )
+    return None
 
 
 def install_hook():
@@ -400,10 +414,15 @@ def main(argv=None):
         print("run_cpython: nothing selected")
         return 1
 
-    tracker = {_qualify(t) for t in TRACKER_TESTS + TRACKER_DIFFERENCES}
+    tracker = {_qualify(t) for t in TRACKER_TESTS}
     needs_hook = not args.install and any(t in tracker for t in tests)
     hook = install_hook() if needs_hook else None
     try:
+        if hook:
+            error = check_hook()
+            if error:
+                print(f"run_cpython: {error}")
+                return 1
         return _run(args, tests)
     finally:
         remove_hook(hook)
