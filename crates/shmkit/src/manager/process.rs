@@ -13,6 +13,7 @@
 //! `SIGINT`, as CPython's manager process does.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use super::auth::ChallengeKind;
 use super::error::ManagerError;
 use super::frame;
 use super::pickle::{self, PyValue};
-use super::server::{ServerOptions, Stopper};
+use super::server::{ServerOptions, Source, Stopper};
 use crate::error::Result;
 use crate::sys;
 
@@ -195,12 +196,26 @@ fn wait_for(child: &mut Child, timeout: Duration) -> bool {
 /// }
 /// ```
 pub fn serve_child() -> Result<()> {
-    serve_child_with(|_| Ok(()))
+    serve_child_with(&mut [])
 }
 
-/// [`serve_child`], calling `bound` with the server's [`Stopper`] once it
-/// listens, before the address is reported.
-pub(crate) fn serve_child_with(bound: impl FnOnce(Stopper) -> Result<()>) -> Result<()> {
+/// `SIGTERM`, as `signal-hook` reports it on a socket: unlink and stop.
+struct Sigterm(std::os::unix::net::UnixStream);
+
+impl Source for Sigterm {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    fn ready(&mut self, stopper: &Stopper) -> bool {
+        tracing::warn!("the manager process got SIGTERM: unlinking and stopping");
+        stopper.stop();
+        false
+    }
+}
+
+/// [`serve_child`], with `sources` waited on beside the server.
+pub(crate) fn serve_child_with(sources: &mut [&mut (dyn Source + 'static)]) -> Result<()> {
     let settings = frame::read(&mut std::io::stdin().lock(), 64 << 10)
         .map_err(crate::Error::from)
         .and_then(|b| Ok(pickle::loads(&b).map_err(ManagerError::from)?))
@@ -221,18 +236,9 @@ pub(crate) fn serve_child_with(bound: impl FnOnce(Stopper) -> Result<()>) -> Res
             return Err(e);
         }
     };
-    bound(server.stopper())?;
-    let stopper = server.stopper();
-    std::thread::Builder::new()
-        .name("shmkit-manager-sigterm".into())
-        .spawn(move || {
-            let mut byte = [0u8];
-            if std::io::Read::read(&mut &sigterm, &mut byte).is_ok() {
-                tracing::warn!("the manager process got SIGTERM: unlinking and stopping");
-                stopper.stop();
-            }
-        })
-        .map_err(|e| ManagerError::io("spawn a thread", e))?;
+    let mut sigterm = Sigterm(sigterm);
+    let mut all: Vec<&mut (dyn Source + 'static)> = vec![&mut sigterm];
+    all.extend(sources.iter_mut().map(|s| &mut **s));
     let mut line = b"\n".to_vec();
     line.extend_from_slice(READY);
     line.extend(hex(&pickle::dumps(&server.address().to_py())).bytes());
@@ -243,7 +249,7 @@ pub(crate) fn serve_child_with(bound: impl FnOnce(Stopper) -> Result<()>) -> Res
         .and_then(|()| stdout.flush())
         .map_err(|e| ManagerError::io("report the address", e))?;
     drop(stdout);
-    server.serve()
+    server.serve_with(&mut all)
 }
 
 fn report_failure(e: &crate::Error) {

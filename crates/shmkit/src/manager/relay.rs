@@ -10,16 +10,17 @@
 //! * `!`: shut down: unlink every tracked segment and stop the server;
 //! * an empty line: answered with `.` once every line before it is handled.
 //!
-//! The lines are handled in the manager process itself, through the
-//! server's [`Stopper`], in the order they were sent.
+//! The lines are handled by the server's own loop (a [`Source`]), through
+//! its [`Stopper`], in the order they were sent.
 
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use super::error::ManagerError;
 use super::process::serve_child_with;
-use super::server::Stopper;
+use super::server::{Source, Stopper};
 use crate::error::Result;
 
 /// [`serve_child`](super::serve_child) with the tracking channel `relay`
@@ -27,56 +28,77 @@ use crate::error::Result;
 /// request, `SIGTERM`, or the parent's death); names still in the channel
 /// then are unlinked.
 pub fn serve_child_relay(relay: UnixStream) -> Result<()> {
-    let reader = relay
-        .try_clone()
-        .map_err(|e| ManagerError::io("clone the tracking channel", e))?;
-    let mut thread = None;
-    let served = serve_child_with(|stopper| {
-        thread = Some(
-            std::thread::Builder::new()
-                .name("shmkit-manager-relay".into())
-                .spawn(move || run(reader, &stopper))
-                .map_err(|e| ManagerError::io("spawn a thread", e))?,
-        );
-        Ok(())
-    });
-    // What is still queued is read, then end of file: the thread unlinks
-    // the names it finds, since the server no longer tracks any.
-    let _ = relay.shutdown(std::net::Shutdown::Read);
-    if let Some(thread) = thread {
-        let _ = thread.join();
+    relay
+        .set_nonblocking(true)
+        .map_err(|e| ManagerError::io("set up the tracking channel", e))?;
+    let mut channel = Channel {
+        sock: relay,
+        pending: Vec::new(),
+    };
+    let served = serve_child_with(&mut [&mut channel]);
+    // What is still queued is read, then end of file. The server no longer
+    // tracks anything, so those names are unlinked here.
+    let _ = channel.sock.shutdown(std::net::Shutdown::Read);
+    let _ = channel.sock.set_nonblocking(false);
+    let mut rest = Vec::new();
+    let _ = channel.sock.read_to_end(&mut rest);
+    channel.pending.extend_from_slice(&rest);
+    for line in channel.pending.split(|&b| b == b'\n') {
+        if let Some(name) = line
+            .strip_prefix(b"+")
+            .and_then(|n| std::str::from_utf8(n).ok())
+        {
+            let _ = crate::unlink(name);
+        }
     }
     served
 }
 
-fn run(mut sock: UnixStream, stopper: &Stopper) {
-    let mut buf = vec![0u8; 16 << 10];
-    let mut pending = Vec::new();
-    loop {
-        let n = match sock.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        let mut start = 0;
-        while let Some(at) = pending[start..].iter().position(|&b| b == b'\n') {
-            if handle(&pending[start..start + at], &mut sock, stopper).is_break() {
-                // The parent's shutdown: it sends nothing after it, so this
-                // thread is done, and the main thread need not wake it.
-                return;
-            }
-            start += at + 1;
-        }
-        pending.drain(..start);
-    }
-    // A name cut short by the parent's death cannot be known: dropped.
+/// The parent's end of the channel, read without blocking the server.
+struct Channel {
+    sock: UnixStream,
+    /// Bytes read but not yet a whole line.
+    pending: Vec<u8>,
 }
 
-fn handle(line: &[u8], sock: &mut UnixStream, stopper: &Stopper) -> ControlFlow<()> {
+impl Source for Channel {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    fn ready(&mut self, stopper: &Stopper) -> bool {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = match self.sock.read(&mut buf) {
+                // End of file: the parent is gone (its pidfd says so too).
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            };
+            self.pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(at) = self.pending[start..].iter().position(|&b| b == b'\n') {
+                let line = &self.pending[start..start + at];
+                let flow = handle(line, &self.sock, stopper);
+                start += at + 1;
+                if flow.is_break() {
+                    // The parent's shutdown: it sends nothing after it.
+                    self.pending.drain(..start);
+                    return false;
+                }
+            }
+            self.pending.drain(..start);
+        }
+    }
+}
+
+fn handle(line: &[u8], mut sock: &UnixStream, stopper: &Stopper) -> ControlFlow<()> {
     match line {
         b"" => {
+            // The parent waits for this byte; a full buffer cannot happen
+            // (it sends one empty line and waits).
             let _ = sock.write_all(b".");
         }
         b"!" => {

@@ -9,7 +9,7 @@
 //! or `('#TRACEBACK', text)`, and closes. After a wrong key the client gets
 //! `#FAILURE#` and a traceback, and nothing runs.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -293,12 +293,22 @@ impl Server {
     /// Serves until stopped, then unlinks every tracked segment (if the stop
     /// did not already) and removes its socket file.
     pub fn serve(self) -> Result<()> {
-        let _watcher = match self.watch {
-            Some(pid) => Some(super::watch::spawn(pid, Arc::clone(&self.shared))?),
+        self.serve_with(&mut [])
+    }
+
+    /// [`serve`](Self::serve), waiting on `sources` too, on this thread.
+    pub(crate) fn serve_with(self, sources: &mut [&mut (dyn Source + 'static)]) -> Result<()> {
+        let mut watch = match self.watch {
+            Some(pid) => super::watch::start(pid, &self.shared)?,
             None => None,
         };
+        let mut all: Vec<&mut (dyn Source + 'static)> = Vec::with_capacity(sources.len() + 1);
+        if let Some(watch) = watch.as_mut() {
+            all.push(watch);
+        }
+        all.extend(sources.iter_mut().map(|s| &mut **s));
         tracing::debug!(address = %self.address(), "manager serving");
-        let result = self.accept_loop();
+        let result = self.accept_loop(&mut all);
         self.shared.stop();
         self.drain();
         result
@@ -321,12 +331,24 @@ impl Server {
         })
     }
 
-    fn accept_loop(&self) -> Result<()> {
+    fn accept_loop(&self, sources: &mut [&mut (dyn Source + 'static)]) -> Result<()> {
+        let stopper = self.stopper();
+        let mut done = vec![false; sources.len()];
         loop {
-            let ready = sys::wait_readable(&[self.listener.as_fd(), self.shared.stop_fd()], None)
-                .map_err(|e| ManagerError::io("poll", e.into()))?;
+            let mut fds = vec![self.listener.as_fd(), self.shared.stop_fd()];
+            let live: Vec<usize> = (0..sources.len()).filter(|&i| !done[i]).collect();
+            fds.extend(live.iter().map(|&i| sources[i].fd()));
+            let ready =
+                sys::wait_readable(&fds, None).map_err(|e| ManagerError::io("poll", e.into()))?;
+            drop(fds);
             if ready[1] {
                 return Ok(());
+            }
+            for (&i, _) in live.iter().zip(&ready[2..]).filter(|(_, &r)| r) {
+                done[i] = !sources[i].ready(&stopper);
+            }
+            if !ready[0] {
+                continue;
             }
             match self.listener.accept() {
                 Ok(stream) => self.dispatch(Connection::from_stream(stream)),
@@ -433,6 +455,19 @@ impl Stopper {
     pub fn segments(&self) -> Vec<String> {
         self.0.state().segments.clone()
     }
+}
+
+/// Something besides the listener that [`Server::serve_with`] waits on, on
+/// the serving thread: a manager process's tracking channel, its `SIGTERM`
+/// socket, the pidfd of the process it watches. One loop rather than a
+/// thread each, because a manager that is started and stopped at once
+/// would spend more on starting and joining threads than on its work.
+pub(crate) trait Source {
+    /// The descriptor to wait on for readability.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Handles a readable [`fd`](Self::fd); false once the source has
+    /// nothing more to say (it is then no longer waited on).
+    fn ready(&mut self, stopper: &Stopper) -> bool;
 }
 
 /// A [`Server`] running on a thread of this process. Dropping it stops the
