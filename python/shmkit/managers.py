@@ -247,6 +247,9 @@ class SharedMemoryManager:
         self._process = None
         self._client = None
         self._relay = None
+        # Names of the segments made through a manager we started, which
+        # its shutdown unlinks (see _finalize_manager).
+        self._names = []
 
     # -- the server ------------------------------------------------------
 
@@ -330,15 +333,19 @@ class SharedMemoryManager:
         self.shutdown = util.Finalize(
             self,
             type(self)._finalize_manager,
-            args=(proc, self._client, relay, self._state, self._shutdown_timeout),
+            args=(proc, self._client, relay, self._state, self._shutdown_timeout, self._names),
             exitpriority=0,
         )
 
     @staticmethod
-    def _finalize_manager(proc, client, relay, state, shutdown_timeout):
+    def _finalize_manager(proc, client, relay, state, shutdown_timeout, names):
         """Shuts the server down (it unlinks every segment; the manager
         process unlinks those still in the tracking channel), then waits for
-        its process, and terminates it if it lingers."""
+        its process, and terminates it if it lingers. Then this process's
+        leak tracker forgets ``names``, the segments made through the
+        manager, as CPython's manager (which shares its parent's tracker)
+        unregisters what it unlinks: a handle attached to one here would
+        otherwise have it reported as leaked at exit."""
         if proc.is_alive():
             try:
                 # Through the tracking channel, behind the names sent before:
@@ -358,6 +365,9 @@ class SharedMemoryManager:
                     proc.kill()
                     proc.join()
         relay.close()
+        for name in names:
+            _shmkit.tracker_unregister(name)
+        names.clear()
         state.value = _State.SHUTDOWN
 
     def connect(self):
@@ -412,6 +422,8 @@ class SharedMemoryManager:
 
     def _track(self, client, segment, shm):
         relay = self._relay
+        if relay is not None:
+            self._names.append(shm.name)
         try:
             if relay is not None and "\n" not in shm.name:
                 # Our own manager process: it tracks the name asynchronously,

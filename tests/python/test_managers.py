@@ -270,6 +270,31 @@ def _start_child(code):
     )
 
 
+def test_attaching_a_managed_segment_leaves_no_leak_report():
+    """CPython's manager shares its parent's resource tracker, so what its
+    shutdown unlinks is forgotten there too; shmkit's shutdown makes this
+    process's tracker forget the segments made through it, so tracked
+    handles attached to them are not reported as leaked at exit (CPython's
+    reuses_resource_tracker and SharedMemoryManager_basics tests)."""
+    child = _start_child(
+        """
+        from shmkit.managers import SharedMemoryManager
+        from shmkit.shared_memory import SharedMemory, ShareableList
+        with SharedMemoryManager() as smm:
+            shm = smm.SharedMemory(64)
+            sl = smm.ShareableList([1, 2])
+            again = SharedMemory(shm.name)          # tracked attach
+            sl_again = ShareableList(name=sl.shm.name)
+            print(shm.name, sl.shm.name, flush=True)
+        """
+    )
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    names = out.split()
+    assert len(names) == 2 and not any(h.segment_exists(n) for n in names)
+    assert "resource_tracker" not in err, err
+
+
 def test_parent_sigkill_unlinks_everything_within_2s(managers):
     child = _start_child(
         """

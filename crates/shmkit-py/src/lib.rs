@@ -27,6 +27,13 @@ fn shared_memory_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
+/// Forgets segment `name` in this process's leak tracker, as CPython's
+/// `resource_tracker.unregister` does: a manager's shutdown unlinked it.
+#[pyfunction]
+fn tracker_unregister(name: &str) {
+    shmkit::tracker::unregister(name);
+}
+
 /// `shm_unlink(name)`.
 #[pyfunction]
 fn unlink(name: &str) -> PyResult<()> {
@@ -82,6 +89,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manager::manager_serve_child_relay, m)?)?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
+    m.add_function(wrap_pyfunction!(tracker_unregister, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;
     m.add_function(wrap_pyfunction!(make_filename, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
