@@ -447,3 +447,39 @@ fn a_tracked_segment_unlinked_by_another_process_is_counted_with_its_error() {
         format!("resource_tracker: '/{name}': [Errno 2] No such file or directory: '/{name}'");
     assert!(err.contains(&line), "stderr: {err}");
 }
+
+/// An attacher's watcher finds the segment held by a live process (its
+/// creator) and leaves it at once: no retries that would unlink it the
+/// moment the creator closes it before unlinking it itself (CPython's
+/// test_shared_memory_across_processes closes, then unlinks).
+#[test]
+fn a_segment_a_live_process_holds_is_not_retried() {
+    use std::io::Write;
+    let name = unique("live");
+    let shm = Options::new().track(false).create_named(&name, 64).unwrap();
+    let mut child = spawn("attach", &name);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    child.wait().unwrap();
+    // The watcher's first look comes as the child is reaped; closing after
+    // it must not get the segment unlinked by a later look.
+    std::thread::sleep(Duration::from_millis(50));
+    drop(shm);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let survived = shmkit::exists(&name);
+    cleanup(&name);
+    assert!(
+        survived,
+        "unlinked after its creator closed it; stderr: {err}"
+    );
+    assert!(
+        err.contains("still open in another process"),
+        "stderr: {err}"
+    );
+}

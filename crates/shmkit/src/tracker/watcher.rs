@@ -256,59 +256,68 @@ fn unmap_segments() {
     loop {
         let mut ranges = [(0usize, 0usize); 64];
         let mut found = 0;
-        let Ok(maps) = fs::openat(
-            CWD,
-            c"/proc/self/maps",
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            return;
-        };
-        let mut buf = [0u8; 8192];
-        let mut have = 0;
-        loop {
-            let n = match rustix::io::read(&maps, &mut buf[have..]) {
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(_) => 0,
-            };
-            let end = have + n;
-            let mut start = 0;
-            while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
-                let line = &buf[start..start + nl];
-                start += nl + 1;
-                if found < ranges.len() && line.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
-                    let addrs = line.split(|&b| b == b' ').next().unwrap_or(b"");
-                    let mut parts = addrs.split(|&b| b == b'-');
-                    if let (Some(lo), Some(hi)) = (
-                        parts.next().and_then(parse_hex),
-                        parts.next().and_then(parse_hex),
-                    ) {
-                        if hi > lo {
-                            ranges[found] = (lo, hi);
-                            found += 1;
-                        }
+        let read = each_line(c"/proc/self/maps", |line| {
+            if line.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                let addrs = line.split(|&b| b == b' ').next().unwrap_or(b"");
+                let mut parts = addrs.split(|&b| b == b'-');
+                if let (Some(lo), Some(hi)) = (
+                    parts.next().and_then(parse_hex),
+                    parts.next().and_then(parse_hex),
+                ) {
+                    if hi > lo {
+                        ranges[found] = (lo, hi);
+                        found += 1;
                     }
                 }
             }
-            // Keep the unfinished line; drop one that fills the buffer.
-            if start == 0 && end == buf.len() {
-                have = 0;
-            } else {
-                buf.copy_within(start..end, 0);
-                have = end - start;
-            }
-            if n == 0 {
-                break;
-            }
+            found < ranges.len()
+        });
+        if !read {
+            return;
         }
-        drop(maps);
         for &(lo, hi) in &ranges[..found] {
             // SAFETY: nothing in the watcher uses the parent's segments.
             let _ = unsafe { rustix::mm::munmap(lo as *mut std::ffi::c_void, hi - lo) };
         }
         if found < ranges.len() {
             return;
+        }
+    }
+}
+
+/// Calls `f` on each line of the file at `path` (a line longer than the
+/// 8 KiB buffer is skipped) until it returns false; false if the file
+/// cannot be opened. No allocation.
+fn each_line(path: &CStr, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+    let Ok(file) = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
+        return false;
+    };
+    let mut buf = [0u8; 8192];
+    let mut have = 0;
+    loop {
+        let n = match rustix::io::read(&file, &mut buf[have..]) {
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(_) => 0,
+        };
+        let end = have + n;
+        let mut start = 0;
+        while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if !f(line) {
+                return true;
+            }
+        }
+        // Keep the unfinished line; drop one that fills the buffer.
+        if start == 0 && end == buf.len() {
+            have = 0;
+        } else {
+            buf.copy_within(start..end, 0);
+            have = end - start;
+        }
+        if n == 0 {
+            return true;
         }
     }
 }
@@ -385,7 +394,7 @@ fn run(
             let owner = table.owner().load(Ordering::Relaxed);
             // Mark each tracked segment "cleanup pending", so that a process
             // attaching from now on waits for our decision instead of
-            // holding the segment (`segment::wait_out_cleanup`). Marking
+            // holding the segment (`segment::found_size`). Marking
             // comes first, for a small process exits in a few dozen
             // microseconds; then the marks are kept only if the whole
             // process is dying: not if a thread exited alone, nor if we were
@@ -663,14 +672,63 @@ const PF_EXITING: u64 = 0x4;
 /// milliseconds before it is believed.
 fn exiting(pid: i32) -> bool {
     for _ in 0..10 {
-        match stat_field(pid, 9) {
-            Some(flags) if flags & PF_EXITING != 0 => return true,
-            Some(_) => sleep_ms(1),
-            // Reaped already.
-            None => return true,
+        if exiting_now(pid) {
+            return true;
         }
+        sleep_ms(1);
     }
     false
+}
+
+/// Whether process `pid` is exiting (its main thread has `PF_EXITING`; a
+/// zombie keeps it) or gone.
+fn exiting_now(pid: i32) -> bool {
+    stat_field(pid, 9).is_none_or(|flags| flags & PF_EXITING != 0)
+}
+
+/// Whether every process that holds a `flock` on segment `name` is
+/// exiting, per `/proc/locks`: one that died with ours and is still closing
+/// its files, after which a retry finds the segment free. A live holder
+/// makes it that process's business (it may be about to unlink it
+/// itself), so no retry. True when it cannot be told.
+fn held_only_by_exiting(name: &[u8]) -> bool {
+    let Some(st) = open_segment(name).and_then(|fd| fs::fstat(&fd).ok()) else {
+        return true;
+    };
+    let (major, minor) = (fs::major(st.st_dev), fs::minor(st.st_dev));
+    let mut live_holder = false;
+    // Lines read "1: FLOCK  ADVISORY  READ 4242 00:1b:12345 0 EOF"; a
+    // blocked request has "->" after the number.
+    each_line(c"/proc/locks", |line| {
+        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty()).skip(1);
+        if fields.next() != Some(b"FLOCK") {
+            return true;
+        }
+        let (Some(pid), Some(file)) = (fields.nth(2), fields.next()) else {
+            return true;
+        };
+        let mut parts = file.split(|&b| b == b':');
+        let same = parts.next().and_then(parse_hex) == Some(major as usize)
+            && parts.next().and_then(parse_hex) == Some(minor as usize)
+            && parts.next().and_then(parse_dec) == Some(st.st_ino);
+        if same {
+            live_holder = parse_dec(pid)
+                .and_then(|p| i32::try_from(p).ok())
+                .is_some_and(|p| !exiting_now(p));
+        }
+        !live_holder
+    });
+    !live_holder
+}
+
+fn parse_dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |v, &b| {
+        v.checked_mul(10)?
+            .checked_add(u64::from(b.checked_sub(b'0').filter(|&d| d < 10)?))
+    })
 }
 
 /// Numeric field `n` (1-based, `n` >= 3) of `/proc/PID/stat`.
@@ -755,8 +813,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
     // them, and expect the FileNotFoundError line each gets).
     let mut leaked = 0usize;
     let mut gone = [0u64; SLOTS / 64];
-    // Names still in use are retried a few times: a process that died at
-    // the same moment may still be closing its descriptors.
+    // Names still in use (see the retries below).
     let mut pending = [0u64; SLOTS / 64];
     for i in table.used_slots() {
         if valid(i) && first_of_name(&table, i) {
@@ -787,13 +844,22 @@ fn cleanup(table: Table, marks: &mut Marks) {
             .push(b"'\n")
             .emit();
     }
+    // Retried a few times: names whose every holder is itself exiting (it
+    // died with ours and is still closing its files).
+    let mut retry = [0u64; SLOTS / 64];
+    for i in (0..SLOTS).filter(|&i| has(&pending, i)) {
+        if held_only_by_exiting(table.name(i)) {
+            retry[i / 64] |= 1 << (i % 64);
+        }
+    }
     for delay in [10, 20, 40, 80, 150] {
-        if pending.iter().all(|&w| w == 0) {
-            return;
+        if retry.iter().all(|&w| w == 0) {
+            break;
         }
         sleep_ms(delay);
         for i in 0..SLOTS {
-            if has(&pending, i) && !matches!(probe(table.name(i)), Probe::InUse) {
+            if has(&retry, i) && !matches!(probe(table.name(i)), Probe::InUse) {
+                retry[i / 64] &= !(1 << (i % 64));
                 pending[i / 64] &= !(1 << (i % 64));
             }
         }
