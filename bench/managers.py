@@ -61,13 +61,26 @@ def list_batch(cls, n):
 
 def lifecycle_batch(cls, n):
     """n × (``start()`` + ``shutdown()``)."""
+    from multiprocessing import process
+
+    # shmkit's start() puts the socket in this process's private directory
+    # (multiprocessing.util.get_temp_dir(), made once). A forked stdlib
+    # manager would inherit that directory and skip making and removing
+    # its own, which a program using only the stdlib never skips: so the
+    # stdlib runs without it, as it would alone.
+    config = process.current_process()._config
+    saved = config.pop("tempdir", None) if cls.__module__.startswith("multiprocessing") else None
     total = 0
-    for _ in range(n):
-        t = clock()
-        smm = cls()
-        smm.start()
-        smm.shutdown()
-        total += clock() - t
+    try:
+        for _ in range(n):
+            t = clock()
+            smm = cls()
+            smm.start()
+            smm.shutdown()
+            total += clock() - t
+    finally:
+        if saved is not None:
+            config["tempdir"] = saved
     return total
 
 

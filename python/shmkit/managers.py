@@ -278,8 +278,13 @@ class SharedMemoryManager:
         self._check_startable()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        # A default socket goes in this process's private directory, made
+        # once (mode 0700) and removed at exit, as CPython's default address
+        # is: a new directory per manager costs more than the rest of a
+        # short-lived manager's start-up.
+        private_dir = util.get_temp_dir() if self._address is None else None
         settings = _shmkit.manager_child_settings(
-            self._address, bytes(self._authkey), os.getpid(), _CONNECTION_TIMEOUT
+            self._address, bytes(self._authkey), os.getpid(), _CONNECTION_TIMEOUT, private_dir
         )
         settings_r, settings_w = os.pipe()
         report_r, report_w = os.pipe()

@@ -5,6 +5,7 @@ test_managers_interop.py."""
 
 import multiprocessing
 import multiprocessing.managers
+import multiprocessing.util
 import os
 import signal
 import subprocess
@@ -67,9 +68,13 @@ def test_default_authkey_and_address(managers):
         assert os.path.basename(os.path.dirname(address)).startswith("pymp-")
         assert os.stat(address).st_mode & 0o777 == 0o600
         assert os.stat(os.path.dirname(address)).st_mode & 0o777 == 0o700
+        # This process's private directory, made once, as CPython's default
+        # address uses: it outlives the manager.
+        assert os.path.dirname(address) == multiprocessing.util.get_temp_dir()
     finally:
         smm.shutdown()
     assert not os.path.exists(address)
+    assert os.path.isdir(os.path.dirname(address))
 
 
 def test_segments_are_unlinked_at_shutdown(managers, shmkit_mod, segments):

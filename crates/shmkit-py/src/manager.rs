@@ -247,15 +247,17 @@ impl ManagerClient {
 }
 
 /// The settings a manager child reads on its stdin: a framed pickle, as
-/// `shmkit::manager::serve_child` expects.
+/// `shmkit::manager::serve_child` expects. `dir`: where a default socket
+/// goes (a private directory of the parent's).
 #[pyfunction]
-#[pyo3(signature = (address, authkey, parent, timeout=60.0))]
+#[pyo3(signature = (address, authkey, parent, timeout=60.0, dir=None))]
 pub(crate) fn manager_child_settings<'py>(
     py: Python<'py>,
     address: &Bound<'py, PyAny>,
     authkey: &[u8],
     parent: u32,
     timeout: Option<f64>,
+    dir: Option<String>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let address = if address.is_none() {
         PyValue::None
@@ -275,6 +277,7 @@ pub(crate) fn manager_child_settings<'py>(
             timeout.map_or(PyValue::None, PyValue::Float),
         ),
         ("legacy".into(), PyValue::Bool(false)),
+        ("dir".into(), dir.map_or(PyValue::None, PyValue::Str)),
     ]);
     let mut out = Vec::new();
     frame::write(&mut out, &pickle::dumps(&settings)).map_err(|e| manager_err(py, e.into()))?;

@@ -262,16 +262,21 @@ enum ListenerSocket {
 }
 
 impl Listener {
-    /// Binds `address`, or without one a socket `listener-XXXXXXXX` in a new
+    /// Binds `address`, or without one a socket `listener-XXXXXXXX` in
+    /// `private_dir` (which the caller made, mode `0700`), else in a new
     /// private directory `pymp-XXXXXXXX` under the temporary directory, as
     /// CPython does; that socket gets mode `0600`. The listener does not
     /// block: [`accept`](Self::accept) returns `WouldBlock` when nobody waits.
-    pub(crate) fn bind(address: Option<&Address>) -> Result<Listener> {
+    pub(crate) fn bind(address: Option<&Address>, private_dir: Option<&Path>) -> Result<Listener> {
         let io = |e| ManagerError::io("bind", e);
         let listener = match address {
             None => {
-                let dir = private_temp_dir().map_err(io)?;
+                let (dir, made) = match private_dir {
+                    Some(dir) => (dir.to_path_buf(), false),
+                    None => (private_temp_dir().map_err(io)?, true),
+                };
                 let path = dir.join(format!("listener-{}", random_suffix()));
+                let dir = made.then_some(dir);
                 let bound = UnixListener::bind(&path).and_then(|l| {
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
                     Ok(l)
@@ -280,11 +285,13 @@ impl Listener {
                     Ok(l) => Listener {
                         socket: ListenerSocket::Unix(l),
                         address: Address::Unix(path.clone()),
-                        cleanup: Some((path, Some(dir))),
+                        cleanup: Some((path, dir)),
                     },
                     Err(e) => {
                         let _ = std::fs::remove_file(&path);
-                        let _ = std::fs::remove_dir(&dir);
+                        if let Some(dir) = dir {
+                            let _ = std::fs::remove_dir(dir);
+                        }
                         return Err(io(e).into());
                     }
                 }
@@ -392,7 +399,7 @@ mod tests {
 
     #[test]
     fn default_address_is_a_private_socket_that_goes_away() {
-        let listener = Listener::bind(None).unwrap();
+        let listener = Listener::bind(None, None).unwrap();
         let Address::Unix(path) = listener.address().clone() else {
             panic!("not a unix address");
         };
@@ -412,8 +419,22 @@ mod tests {
     }
 
     #[test]
+    fn a_given_private_dir_holds_the_socket_and_stays() {
+        let dir = private_temp_dir().unwrap();
+        let listener = Listener::bind(None, Some(&dir)).unwrap();
+        let Address::Unix(path) = listener.address().clone() else {
+            panic!("not a unix address");
+        };
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        drop(listener);
+        assert!(!path.exists() && dir.exists());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
     fn tcp_port_zero_reports_the_real_port() {
-        let listener = Listener::bind(Some(&"127.0.0.1:0".parse().unwrap())).unwrap();
+        let listener = Listener::bind(Some(&"127.0.0.1:0".parse().unwrap()), None).unwrap();
         let Address::Tcp(addr) = listener.address() else {
             panic!()
         };

@@ -298,6 +298,12 @@ fn options_from(settings: &PyValue) -> Result<ServerOptions> {
     if let PyValue::Bool(true) = get("legacy")? {
         options = options.challenge(ChallengeKind::Legacy);
     }
+    // Optional: the parent's private directory for the default socket.
+    match settings.get(&"dir".into()) {
+        None | Some(PyValue::None) => {}
+        Some(PyValue::Str(dir)) => options = options.private_dir(dir),
+        Some(_) => return Err(bad("dir")),
+    }
     Ok(options)
 }
 

@@ -10,6 +10,7 @@
 //! `#FAILURE#` and a traceback, and nothing runs.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -53,6 +54,7 @@ pub struct ServerOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) challenge: ChallengeKind,
     pub(crate) watch: Option<u32>,
+    pub(crate) private_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -64,6 +66,7 @@ impl Default for ServerOptions {
             timeout: Some(DEFAULT_TIMEOUT),
             challenge: ChallengeKind::Modern,
             watch: None,
+            private_dir: None,
         }
     }
 }
@@ -80,6 +83,16 @@ impl ServerOptions {
     /// mode `0600`, as CPython chooses (and removes when the server stops).
     pub fn address(mut self, address: Address) -> Self {
         self.address = Some(address);
+        self
+    }
+
+    /// Where the default socket goes (with no [`address`](Self::address)):
+    /// a directory only this user may enter (mode `0700`), such as one
+    /// CPython's `multiprocessing.util.get_temp_dir()` made. Without it, a
+    /// fresh `pymp-XXXXXXXX` is made, and removed when the server ends;
+    /// reusing one spares that work for a short-lived server.
+    pub fn private_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.private_dir = Some(dir.into());
         self
     }
 
@@ -140,7 +153,7 @@ impl ServerOptions {
 
     /// Binds the listening socket.
     pub fn bind(self) -> Result<Server> {
-        let listener = Listener::bind(self.address.as_ref())?;
+        let listener = Listener::bind(self.address.as_ref(), self.private_dir.as_deref())?;
         let authkey = match self.authkey {
             Some(key) => key,
             None => AuthKey::new(&random_authkey()),
