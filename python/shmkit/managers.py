@@ -196,8 +196,8 @@ def _serve_in_child(settings_fd, report_fd, relay_fd, initializer, initargs):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if initializer is not None:
             initializer(*initargs)
-        # Runs the server, and beside it the thread that tracks the names
-        # the parent sends on the channel.
+        # Runs the server, which also tracks the names the parent sends on
+        # the channel.
         _shmkit.manager_serve_child_relay(_RELAY_FD)
         code = 0
     except BaseException:
