@@ -14,6 +14,7 @@ __all__ = [
     "manager_serve_child_relay",
     "open_segment",
     "unlink",
+    "tracker_unregister",
     "rename",
     "make_filename",
     "cli_main",
