@@ -119,8 +119,9 @@ def test_segment_survives_its_killed_creator_while_a_reader_lives(tracked_name):
     assert WARNING in err
 
 
-def test_untracked_segments_are_never_unlinked_and_never_warned_about(tracked_name):
-    p = start("create-untracked", tracked_name)
+@pytest.mark.parametrize("mode", ["create-untracked", "list-untracked"])
+def test_untracked_segments_are_never_unlinked_and_never_warned_about(mode, tracked_name):
+    p = start(mode, tracked_name)
     _, err = finish(p, kill=True)
     time.sleep(0.3)
     assert h.segment_exists(tracked_name)
@@ -132,14 +133,6 @@ def test_shareable_lists_are_tracked_like_segments(tracked_name):
     _, err = finish(p, kill=True)
     assert gone_within(tracked_name, 2.0)
     assert WARNING in err
-
-
-def test_an_untracked_shareable_list_is_left_alone(tracked_name):
-    p = start("list-untracked", tracked_name)
-    _, err = finish(p, kill=True)
-    time.sleep(0.3)
-    assert h.segment_exists(tracked_name)
-    assert "resource_tracker" not in err
 
 
 def test_a_name_unlinked_by_another_process_is_counted_as_cpython_counts(tracked_name):

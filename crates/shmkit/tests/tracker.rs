@@ -115,6 +115,12 @@ fn finish(mut child: Child, kill: bool) -> String {
         child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }
     child.wait().unwrap();
+    stderr_of(&mut child)
+}
+
+/// The child's stderr to its end, which comes when its watcher has
+/// finished too.
+fn stderr_of(child: &mut Child) -> String {
     let mut err = String::new();
     child
         .stderr
@@ -166,13 +172,7 @@ fn sigkilled_creator_is_cleaned_up_within_two_seconds() {
         "took {:?}",
         killed.elapsed()
     );
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     assert!(err.contains(WARNING), "stderr: {err}");
 }
 
@@ -262,13 +262,7 @@ fn rust_creator_python_reader() {
         .read_line(&mut line)
         .unwrap();
     if line.trim() != "ready" {
-        let mut err = String::new();
-        reader
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = stderr_of(&mut reader);
         let _ = reader.wait();
         finish(creator, true);
         cleanup(&name);
@@ -341,13 +335,7 @@ fn attaching_the_moment_the_creator_is_reaped_finds_it_gone() {
         child.kill().unwrap();
         child.wait().unwrap();
         let attached = SharedMemory::open(&name);
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = stderr_of(&mut child);
         cleanup(&name);
         assert!(err.contains(WARNING), "stderr: {err}");
         match attached {
@@ -464,13 +452,7 @@ fn a_segment_a_live_process_holds_is_not_retried() {
     // it must not get the segment unlinked by a later look.
     std::thread::sleep(Duration::from_millis(50));
     drop(shm);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = stderr_of(&mut child);
     std::thread::sleep(Duration::from_millis(400));
     let survived = shmkit::exists(&name);
     cleanup(&name);
