@@ -81,7 +81,7 @@ WHY = {
         "met on 3.11; on 3.13 most of shmkit's time is CPython allocating and "
         "freeing the 100 000 int objects (perf: _PyObject_Malloc and _PyObject_Free "
         "are 46% of list(sl), against 22% on 3.11), which no library avoids; "
-        "44-47x in runs so far"),
+        "37-47x in full runs so far (44-47x in runs of the ShareableList bench alone)"),
     ("shareable_list", "list"): ("as sum(sl): met on 3.11, lower on 3.13"),
     ("shareable_list", "create"): ("see #3"),
     ("managers", "lifecycle"): (
