@@ -447,9 +447,10 @@ fn cleanup_mark(kind: libc::c_int) -> libc::flock {
 
 /// The mode bit a watcher sets beside its mark, as a hint that attachers
 /// see in the `fstat` they make anyway: `S_ISVTX`, which means nothing on
-/// a regular file. Only the hint's owner may set it; a hint left behind (a
-/// watcher killed mid-cleanup) costs the segment's attachers one `fcntl`
-/// each to find no mark.
+/// a regular file. Only the file's owner may set it (a watcher of another
+/// user's segment marks it without the hint, so attachers do not wait); a
+/// hint left behind (a watcher killed mid-cleanup) costs the segment's
+/// attachers one `fcntl` each to find no mark.
 pub(crate) const CLEANUP_HINT: u32 = libc::S_ISVTX;
 
 /// Sets (`on`) or clears the hint on `fd`'s file; returns whether the bit
@@ -494,8 +495,9 @@ pub(crate) fn cleanup_pending(fd: impl AsFd) -> bool {
 
 /// Waits, at most `limit`, until no open file holds the "cleanup pending"
 /// mark on `fd`'s file; returns whether it cleared. Polls every 200 µs:
-/// a watcher holds the mark for about a millisecond, and a blocking
-/// `F_OFD_SETLKW` could not be bounded without a signal.
+/// a watcher holds the mark while the dying process finishes its exit
+/// (milliseconds, more for a large one), and a blocking `F_OFD_SETLKW`
+/// could not be bounded without a signal.
 pub(crate) fn wait_cleanup_done(fd: impl AsFd, limit: std::time::Duration) -> bool {
     let start = std::time::Instant::now();
     while cleanup_pending(&fd) {
