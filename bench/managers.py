@@ -24,39 +24,33 @@ MANY = 1000
 clock = time.perf_counter_ns
 
 
-def create_batch(cls, n):
-    """n × ``smm.SharedMemory(4096)`` on one started manager (the start,
-    closes and shutdown are not timed)."""
+def made_batch(cls, n, make, close):
+    """n × ``make(smm)`` on one started manager (the start, the
+    ``close(made)`` calls and the shutdown are not timed)."""
     smm = cls()
     smm.start()
     made = []
     try:
         t = clock()
         for _ in range(n):
-            made.append(smm.SharedMemory(SIZE))
+            made.append(make(smm))
         elapsed = clock() - t
     finally:
-        for shm in made:
-            shm.close()
+        for obj in made:
+            close(obj)
         smm.shutdown()
     return elapsed
+
+
+def create_batch(cls, n):
+    """n × ``smm.SharedMemory(4096)`` on one started manager."""
+    return made_batch(cls, n, lambda smm: smm.SharedMemory(SIZE), lambda shm: shm.close())
 
 
 def list_batch(cls, n):
     """n × ``smm.ShareableList(range(100))`` on one started manager."""
-    smm = cls()
-    smm.start()
-    made = []
-    try:
-        t = clock()
-        for _ in range(n):
-            made.append(smm.ShareableList(range(100)))
-        elapsed = clock() - t
-    finally:
-        for sl in made:
-            sl.shm.close()
-        smm.shutdown()
-    return elapsed
+    return made_batch(cls, n, lambda smm: smm.ShareableList(range(100)),
+                      lambda sl: sl.shm.close())
 
 
 def lifecycle_batch(cls, n):

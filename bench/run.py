@@ -195,10 +195,9 @@ def interpreter(spec):
     return ".".join(version.split(".")[:2]), path
 
 
-def run_json(cmd):
-    """Runs one bench script; (its JSON result, None) or (None, what failed).
-    Its stderr (progress, notes) passes through."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=common.REPO)
+def communicate(proc):
+    """proc's stdout, once it has exited. A SIGTERM or SIGHUP of ours is
+    passed on to it, and either way we wait for it to clean up first."""
     try:
         stdout, _ = proc.communicate()
     except Interrupted as e:
@@ -208,6 +207,14 @@ def run_json(cmd):
     except KeyboardInterrupt:
         proc.wait()  # it got the terminal's SIGINT too and is cleaning up
         raise
+    return stdout
+
+
+def run_json(cmd):
+    """Runs one bench script; (its JSON result, None) or (None, what failed).
+    Its stderr (progress, notes) passes through."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=common.REPO)
+    stdout = communicate(proc)
     if proc.returncode != 0:
         return None, f"{' '.join(cmd[1:2])} exited {proc.returncode}"
     try:
@@ -260,12 +267,7 @@ def run_logged(cmd, env, log, capture=False):
     its stdout returned); raises if it fails."""
     proc = subprocess.Popen(cmd, cwd=common.REPO, env=env, stderr=log, text=True,
                             stdout=subprocess.PIPE if capture else log)
-    try:
-        stdout, _ = proc.communicate()
-    except Interrupted as e:
-        proc.send_signal(e.args[0])
-        proc.wait()
-        raise
+    stdout = communicate(proc)
     if proc.returncode != 0:
         log.flush()
         with open(log.name) as f:
