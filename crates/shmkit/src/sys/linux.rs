@@ -494,17 +494,13 @@ pub(crate) fn cleanup_pending(fd: impl AsFd) -> bool {
 }
 
 /// Waits, at most `limit`, until no open file holds the "cleanup pending"
-/// mark on `fd`'s file; returns whether it cleared. Polls every 200 µs:
+/// mark on `fd`'s file. Polls every 200 µs:
 /// a watcher holds the mark while the dying process finishes its exit
 /// (milliseconds, more for a large one), and a blocking `F_OFD_SETLKW`
 /// could not be bounded without a signal.
-pub(crate) fn wait_cleanup_done(fd: impl AsFd, limit: std::time::Duration) -> bool {
+pub(crate) fn wait_cleanup_done(fd: impl AsFd, limit: std::time::Duration) {
     let start = std::time::Instant::now();
-    while cleanup_pending(&fd) {
-        if start.elapsed() >= limit {
-            return false;
-        }
+    while cleanup_pending(&fd) && start.elapsed() < limit {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
-    true
 }
