@@ -8,18 +8,22 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 FUZZ_SECONDS ?= 30
 PYTHONS ?= 3.11 3.13
+# Every CPython shmkit supports. PYTHONS get a development build and the whole
+# suite; the others get the wheel a user would install (see wheel-test).
+SUPPORTED_PYTHONS := 3.9 3.10 3.11 3.12 3.13
+WHEEL_PYTHONS ?= $(filter-out $(PYTHONS),$(SUPPORTED_PYTHONS))
 DEMO_PYTHON ?= 3.11
 PIP_PACKAGES := maturin pytest numpy hypothesis mypy matplotlib
 CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
 .PRECIOUS: .venv-%/.installed .venv-%/.developed
 
-.PHONY: demo test rust-test python-test fuzz venvs develop clean-venvs shm-check-start shm-check-end bench bench-quick
+.PHONY: demo test rust-test python-test wheels wheel-test fuzz venvs develop clean-venvs shm-check-start shm-check-end bench bench-quick
 
 demo: .venv-$(DEMO_PYTHON)/.developed
 	.venv-$(DEMO_PYTHON)/bin/python -m shmkit demo
 
-test: shm-check-start rust-test python-test bench-quick fuzz shm-check-end
+test: shm-check-start rust-test python-test wheel-test bench-quick fuzz shm-check-end
 
 rust-test:
 	cargo fmt --all --check
@@ -71,15 +75,40 @@ develop: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	.venv-$*/bin/python -m pip install -q $(PIP_PACKAGES)
 	touch $@
 
-# Rebuilt whenever Rust or Python sources change. The native manager program
-# goes beside the package (python/shmkit/_bin), where
-# SharedMemoryManager.start() looks for it. Linked statically: with no dynamic
-# loader at work it starts ~0.3 ms sooner, a third of its start-up.
+# Rebuilt whenever Rust or Python sources change. maturin builds the native
+# manager program too (crates/shmkit-py/build.rs puts it in
+# python/shmkit/_bin), exactly as a wheel gets it.
 .venv-%/.developed: .venv-%/.installed $(shell find crates python -name '*.rs' -o -name '*.py' -o -name '*.pyi' -o -name '*.pth' -o -name Cargo.toml 2>/dev/null) Cargo.toml pyproject.toml
-	cargo rustc --release -q -p shmkit --bin shmkit-manager -- -C target-feature=+crt-static
-	install -D -m 755 target/release/shmkit-manager python/shmkit/_bin/shmkit-manager
 	VIRTUAL_ENV=$(CURDIR)/.venv-$* .venv-$*/bin/maturin develop --release -q
 	touch $@
+
+# The wheels a user would install: one per supported CPython found here, in
+# target/wheels. Each holds the extension, the manager program, the stubs and
+# the start-up hook; `pip install .` builds the same.
+wheels: .venv-$(DEMO_PYTHON)/.installed
+	.venv-$(DEMO_PYTHON)/bin/maturin build --release -q -o target/wheels \
+	  $(foreach v,$(SUPPORTED_PYTHONS),-i "$$(scripts/find-python $(v))")
+
+# What `pip install` gives is the product: for each of WHEEL_PYTHONS, build
+# its wheel, install it into a fresh venv with only the test tools beside it,
+# check that `import shmkit` comes from that venv and finds the manager
+# program there, and run the Python suite against it.
+wheel-test: .venv-$(DEMO_PYTHON)/.installed
+	@set -e; for v in $(WHEEL_PYTHONS); do \
+	  py="$$(scripts/find-python $$v)"; venv=target/wheel-venv-$$v; \
+	  echo "=== the installed wheel on CPython $$v ==="; \
+	  rm -rf target/wheel-$$v $$venv; \
+	  .venv-$(DEMO_PYTHON)/bin/maturin build --release -q -i "$$py" -o target/wheel-$$v; \
+	  "$$py" -m venv $$venv; \
+	  $$venv/bin/python -m pip install -q --upgrade pip; \
+	  $$venv/bin/python -m pip install -q target/wheel-$$v/*.whl pytest numpy hypothesis; \
+	  (cd tests && ../$$venv/bin/python -c "import os, sys, shmkit, shmkit.managers as m; \
+	    here = os.path.realpath(sys.prefix); \
+	    assert os.path.realpath(shmkit.__file__).startswith(here), shmkit.__file__; \
+	    assert m._manager_program() and m._manager_program().startswith(os.path.dirname(shmkit.__file__)), m._manager_program(); \
+	    print('shmkit from', os.path.dirname(shmkit.__file__))"); \
+	  SHMKIT_REQUIRED=1 $$venv/bin/python -m pytest -q tests/python; \
+	done
 
 # Tests must leave /dev/shm as they found it.
 SHM_BEFORE := target/shm-before.txt
