@@ -52,6 +52,9 @@ Exit status:
     after_help = EXIT_CODES
 )]
 struct Cli {
+    /// Say more: notes on what could not be inspected, and why.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,7 +102,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Unlink the named segments, each only if no live process uses it.
+    /// Unlink the named segments, each only if no live process uses it
+    /// (or even then, with --force).
     ///
     /// Each is checked on a fresh read-only descriptor: an exclusive
     /// non-blocking flock (which fails while any shmkit handle has it), then,
@@ -111,6 +115,11 @@ enum Command {
         /// The segments' names.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Unlink them even while in use, as `rm` does a file: the name goes
+        /// now, and the processes that map or hold a segment (each is named)
+        /// keep its memory until they let go of it.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Unlink leaked segments: those that no live process maps, holds open
     /// or locks, and no live shmkit process tracks. Each is checked again as
@@ -190,7 +199,7 @@ where
         }
     };
     match cli.command {
-        Command::Ls { json } => ls::run(json),
+        Command::Ls { json } => ls::run(json, cli.verbose),
         Command::Show {
             name,
             hex,
@@ -204,12 +213,12 @@ where
             length,
             json,
         }),
-        Command::Rm { names } => clean::rm(&names),
+        Command::Rm { names, force } => clean::rm(&names, force),
         Command::Gc {
             names,
             prefix,
             dry_run,
-        } => clean::gc(&names, &prefix, dry_run),
+        } => clean::gc(&names, &prefix, dry_run, cli.verbose),
         Command::Serve {
             address,
             authkey_file,
