@@ -563,9 +563,16 @@ fn hostile_names_never_reach_the_terminal_raw() {
     let mode_column = header.find("MODE").unwrap();
     assert!(!text.lines().any(|l| l.starts_with("forged_row")), "{text}");
     for name in &names[..5] {
-        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(&quoted(name))).collect();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&quoted(name)))
+            .collect();
         assert_eq!(rows.len(), 1, "{name:?} in\n{text}");
-        assert!(rows[0][mode_column..].starts_with("0600  "), "{}\n{text}", rows[0]);
+        assert!(
+            rows[0][mode_column..].starts_with("0600  "),
+            "{}\n{text}",
+            rows[0]
+        );
     }
     // The wide name: aligned by display width (two columns per character).
     let wide = text
@@ -573,7 +580,11 @@ fn hostile_names_never_reach_the_terminal_raw() {
         .find(|l| l.starts_with(&names[5]))
         .unwrap_or_else(|| panic!("{} not in\n{text}", names[5]));
     let before_mode = &wide[..wide.find("0600").unwrap()];
-    assert_eq!(before_mode.chars().count() + 2, mode_column, "{wide}\n{header}");
+    assert_eq!(
+        before_mode.chars().count() + 2,
+        mode_column,
+        "{wide}\n{header}"
+    );
     // The user's command name too: escaped, its stray byte as well.
     let user = format!("{}(\"\\033[2Jz\\377sleep\")", sleeper.child.id());
     assert!(text.contains(&user), "{user} not in\n{text}");
@@ -581,7 +592,10 @@ fn hostile_names_never_reach_the_terminal_raw() {
     // --json keeps the names exactly, and the command name as UTF-8.
     let entry = ls_entry(busy);
     assert_eq!(entry["name"], busy.as_str());
-    assert_eq!(entry["users"][0]["command"], "\u{1b}[2Jz\u{fffd}sleep", "{entry}");
+    assert_eq!(
+        entry["users"][0]["command"], "\u{1b}[2Jz\u{fffd}sleep",
+        "{entry}"
+    );
 
     // show: a hexdump's header, and a message for a name that is missing.
     let out = shmkit(&["show", &names[0]]);
@@ -625,7 +639,10 @@ fn hostile_names_never_reach_the_terminal_raw() {
     assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
     let text = stdout(&out);
     assert_eq!(text.lines().count(), free.len(), "{text}");
-    assert!(text.contains(&format!("removed {} (64B", quoted(&names[2]))), "{text}");
+    assert!(
+        text.contains(&format!("removed {} (64B", quoted(&names[2]))),
+        "{text}"
+    );
     assert!(free.iter().all(|n| !shmkit::exists(n)));
 
     // rm of a free one prints its name escaped on stdout.
@@ -672,14 +689,19 @@ fn rm_force_removes_a_segment_in_use_and_names_its_users() {
     assert_eq!(stderr(&out), "");
     let text = stdout(&out);
     assert!(
-        text.starts_with(&format!("removed {name}, which was in use by {} (", holder.pid()))
-            && text.ends_with(": they keep its memory until they let go of it\n"),
+        text.starts_with(&format!(
+            "removed {name}, which was in use by {} (",
+            holder.pid()
+        )) && text.ends_with(": they keep its memory until they let go of it\n"),
         "{text}"
     );
     assert!(!shmkit::exists(&name));
     // The holder still has its memory: its mapping is still there.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", holder.pid())).unwrap();
-    assert!(maps.contains(&format!("/dev/shm/{name} (deleted)")), "{maps}");
+    assert!(
+        maps.contains(&format!("/dev/shm/{name} (deleted)")),
+        "{maps}"
+    );
 
     // A free segment: removed as plain rm does; a missing one: an error.
     let free = unique("force_free");
@@ -701,12 +723,16 @@ fn notes_on_what_could_not_be_read_need_v() {
     assert!(!stderr(&quiet).contains("could not be read"), "{quiet:?}");
     // Where a process's mappings cannot be read while its descriptors can
     // (pid 1 in some containers), -v says so, before or after the command.
-    let pid1_blind = std::fs::read("/proc/1/maps").is_err() && std::fs::read_dir("/proc/1/fd").is_ok();
+    let pid1_blind =
+        std::fs::read("/proc/1/maps").is_err() && std::fs::read_dir("/proc/1/fd").is_ok();
     for args in [["-v", "ls"], ["ls", "--verbose"]] {
         let loud = shmkit(&args);
         assert!(loud.status.success(), "{loud:?}");
         if pid1_blind {
-            assert!(stderr(&loud).contains("note: the mappings of 1 ("), "{loud:?}");
+            assert!(
+                stderr(&loud).contains("note: the mappings of 1 ("),
+                "{loud:?}"
+            );
         }
     }
 }
