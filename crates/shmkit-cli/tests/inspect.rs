@@ -736,3 +736,61 @@ fn notes_on_what_could_not_be_read_need_v() {
         }
     }
 }
+
+/// Not a test of its own: a child that names itself as the Python manager's
+/// program does, creates segment `name` tracked, closes it, and sleeps
+/// until killed, as a manager holding a segment whose creator closed it.
+#[test]
+fn act_as_a_manager() {
+    let Ok(name) = std::env::var("SHMKIT_CLI_TEST_MANAGER") else {
+        return;
+    };
+    // The main thread's name, whichever thread writes it.
+    std::fs::write("/proc/self/comm", "shmkit-manager").unwrap();
+    drop(
+        Options::new()
+            .track(true)
+            .create_named(&name, 4096)
+            .unwrap(),
+    );
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_manager_s_unused_segment_is_idle_labelled_and_kept_by_gc() {
+    let name = unique("managed");
+    let _guard = Unlink(name.clone());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "act_as_a_manager",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHMKIT_CLI_TEST_MANAGER", &name)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.ends_with("holding"))));
+    let pid = child.id();
+
+    let entry = ls_entry_when(&name, |e| e["users"].as_array().unwrap().is_empty());
+    assert_eq!(entry["state"], "idle", "{entry}");
+    assert_eq!(
+        entry["trackers"],
+        serde_json::json!([{"pid": pid, "command": "shmkit-manager", "manager": true}]),
+        "{entry}"
+    );
+    let table = stdout(&shmkit(&["ls"]));
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.contains(&format!(" {pid}(shmkit-manager) ")), "{row}");
+    for args in [vec!["gc", &name], vec!["gc", "--prefix", &name]] {
+        let out = shmkit(&args);
+        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    }
+    assert!(shmkit::exists(&name));
+    let _ = child.kill();
+    let _ = child.wait();
+}
