@@ -62,11 +62,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List every segment in /dev/shm: size, mode, owner, age, the processes
-    /// that use it, the shmkit processes tracking it, its state, and what it
-    /// holds.
+    /// that use it, the shmkit processes tracking it (managers among them:
+    /// `shmkit-manager`, `shmkit serve`), its state, and what it holds.
+    /// Names and command names that hold control characters, bytes that are
+    /// not UTF-8, spaces, quotes or backslashes are shown quoted and escaped.
     ///
-    /// States: "in use"; "idle" (unused, but a live shmkit process tracks
-    /// it: its tracker unlinks it when that process tree exits); "leaked"
+    /// States: "in use"; "idle" (unused, but a live shmkit process or
+    /// manager tracks it and will unlink it); "leaked"
     /// (every user gone, nobody will unlink it); "unknown" (see below).
     ///
     /// Nothing is disturbed: segments are read with pread on a read-only
