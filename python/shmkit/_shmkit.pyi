@@ -43,7 +43,12 @@ class Segment:
         def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 def open_segment(
-    name: str, create: bool, exclusive: bool, size: int | None, mode: int = 0o600, reserve: bool = True
+    name: str,
+    create: bool,
+    exclusive: bool,
+    size: int | None,
+    mode: int = 0o600,
+    reserve: bool | None = None,
 ) -> Segment: ...
 @disjoint_base
 class SharedMemoryBase:
@@ -56,7 +61,13 @@ class SharedMemoryBase:
     # CPython's defaults, which the native __init__ applies to arguments not
     # given (tests/stubtest-allowlist.txt says why it is allowlisted).
     def __init__(
-        self, name: str | None = None, create: bool = False, size: int = 0, *, track: bool = True
+        self,
+        name: str | None = None,
+        create: bool = False,
+        size: int = 0,
+        *,
+        track: bool = True,
+        reserve: bool | None = None,
     ) -> None: ...
     @property
     def _size(self) -> int: ...

@@ -34,7 +34,8 @@ _make_filename = _shmkit.make_filename
 class SharedMemory(_shmkit.SharedMemoryBase):
     """A block of shared memory, created or attached to by name.
 
-    ``SharedMemory(name=None, create=False, size=0, *, track=True)`` behaves
+    ``SharedMemory(name=None, create=False, size=0, *, track=True,
+    reserve=None)`` behaves
     as the stdlib class: ``create=True`` makes a new block of ``size`` bytes
     (under a fresh ``psm_xxxxxxxx`` name if ``name`` is None), otherwise the
     existing block ``name`` is attached at its full size. ``buf`` is a
@@ -44,7 +45,9 @@ class SharedMemory(_shmkit.SharedMemoryBase):
     numpy array built on ``buf``, say) still refers to it, so no view can
     ever point at unmapped memory; and creating a block that ``/dev/shm``
     has no room for raises ``OSError(ENOSPC)`` instead of dying of SIGBUS on
-    a later write.
+    a later write. ``reserve=True`` (a shmkit extension) does the same for
+    an attach, for blocks that another program made sparse (the stdlib
+    always does); ``reserve=False`` turns it off for a create too.
 
     ``__init__``, ``buf``, ``name``, ``size``, ``close()`` and ``unlink()``
     are native (crates/shmkit-py/src/shared_memory.rs); CPython's class

@@ -352,7 +352,7 @@ def test_ls_table_and_json_agree(shmkit_mod, segments):
     assert row[1:3] == ["2.9K", "0600"] and row[5:7] == ["in", "use"]
     assert row[7] == f"{os.getpid()}(python)" or row[7].startswith(f"{os.getpid()}(")
     # shmkit's tracker is readable: this process tracks it (track=True).
-    assert row[8] == str(os.getpid()) and row[9] == "data"
+    assert row[8].startswith(f"{os.getpid()}(") and row[9] == "data"
     entry = ls_entry(name)
     assert entry["tracked_by"] == [os.getpid()]
     shm.close()
@@ -368,3 +368,155 @@ def test_demo_stays_python_and_the_rest_is_native():
     if os.path.exists(script):
         listing = subprocess.run([script, "ls", "--json"], capture_output=True, text=True, timeout=60)
         assert listing.returncode == 0 and "segments" in json.loads(listing.stdout)
+
+
+def _raw_controls(text):
+    """Characters a terminal acts on instead of printing."""
+    return [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+
+
+def _git_quoted(name):
+    out = '"'
+    for b in name.encode():
+        if b == 0x0A:
+            out += "\\n"
+        elif b == 0x07:
+            out += "\\a"
+        elif 0x20 <= b <= 0x7E:
+            out += chr(b)
+        else:
+            out += f"\\{b:03o}"
+    return out + '"'
+
+
+def test_hostile_names_are_escaped_by_every_command(segments, children):
+    base = segments.name("hostile")
+    names = [
+        segments.add_name(base + suffix)
+        for suffix in ("\x1b]0;pwned\x07", "\x1b[2J", "\nforged_row  64B  0600  root", "\u202eevil")
+    ]
+    for name in names:
+        fd = os.open(h.shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(fd, 64)
+        os.close(fd)
+    busy = names[1]
+    child = children(HOLD_OPEN, name=busy)
+    quoted = [_git_quoted(n) for n in names]
+
+    table = shmkit("ls")
+    assert table.returncode == 0, table.stderr
+    assert _raw_controls(table.stdout) == [] and _raw_controls(table.stderr) == []
+    assert not any(line.startswith("forged_row") for line in table.stdout.splitlines())
+    mode_at = table.stdout.splitlines()[0].index("MODE")
+    for q in quoted:
+        (row,) = [line for line in table.stdout.splitlines() if line.startswith(q)]
+        assert row[mode_at:].startswith("0600  "), row
+    assert [s["name"] for s in ls_json()["segments"] if s["name"].startswith(base)] == sorted(names)
+
+    show = shmkit("show", names[0])
+    assert show.returncode == 0 and show.stdout.startswith(f"{quoted[0]}: 64 bytes\n"), show
+    missing = shmkit("show", base + "_gone\x1b[2J")
+    assert missing.returncode == 1 and _raw_controls(missing.stderr) == [], missing
+
+    rm = shmkit("rm", busy)
+    assert rm.returncode == 3, rm
+    assert rm.stderr == f"shmkit: {quoted[1]}: in use by {child.pid} (python); not removed\n"
+
+    free = [n for n in names if n != busy]
+    dry = shmkit("gc", "--dry-run", *free)
+    assert dry.returncode == 0 and _raw_controls(dry.stdout) == [], dry
+    assert sorted(line.split(" (")[0] for line in dry.stdout.splitlines()) == sorted(
+        f"would remove {_git_quoted(n)}" for n in free
+    )
+    gc = shmkit("gc", *free)
+    assert gc.returncode == 0 and _raw_controls(gc.stdout) == [], gc
+    assert len(gc.stdout.splitlines()) == len(free)
+    assert not any(h.segment_exists(n) for n in free)
+
+    child.kill()
+    rm = shmkit("rm", busy)
+    assert rm.returncode == 0 and rm.stdout == f"removed {quoted[1]}\n", rm
+
+
+HOLD_OPEN = """
+    import os, time
+    fd = os.open("/dev/shm/" + {name!r}, os.O_RDONLY)
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_rm_force_removes_a_segment_in_use_and_says_who_keeps_it(segments, children):
+    name = segments.name("force")
+    child = children(HOLD_SHMKIT, name=name)
+    ls_entry(name, until=lambda e: user_pids(e) == [child.pid])
+    rm = shmkit("rm", name)
+    assert rm.returncode == 3 and h.segment_exists(name), rm
+
+    rm = shmkit("rm", "--force", name)
+    assert rm.returncode == 0 and rm.stderr == "", rm
+    assert rm.stdout == (
+        f"removed {name}, which was in use by {child.pid} (python): "
+        "they keep its memory until they let go of it\n"
+    )
+    assert not h.segment_exists(name)
+    with open(f"/proc/{child.pid}/maps") as f:
+        assert f"/dev/shm/{name} (deleted)" in f.read()
+
+
+def test_notes_about_what_could_not_be_read_need_v(segments):
+    name = segments.name("quiet")
+    fd = os.open(h.shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.close(fd)
+    quiet = shmkit("ls")
+    assert quiet.returncode == 0 and "could not be read" not in quiet.stderr, quiet.stderr
+    assert shmkit("gc", "--dry-run", name).stderr == ""
+    # Where some process's mappings cannot be read (pid 1 in some
+    # containers), -v says so; -v is accepted before or after the command.
+    try:
+        open("/proc/1/maps", "rb").read()
+        maps_readable = True
+    except OSError:
+        maps_readable = False
+    for args in (["-v", "ls"], ["ls", "--verbose"]):
+        loud = shmkit(*args)
+        assert loud.returncode == 0, loud
+        if not maps_readable and os.access("/proc/1/fd", os.R_OK):
+            assert "note: the mappings of 1 (" in loud.stderr, loud.stderr
+
+
+MANAGED_THEN_CLOSED = """
+    import time
+    from shmkit.managers import SharedMemoryManager
+    with SharedMemoryManager() as smm:
+        s = smm.SharedMemory(4096)
+        name = s.name
+        s.close()
+        print("ready", name, smm._process.pid, flush=True)
+        time.sleep(120)
+"""
+
+
+def test_gc_leaves_a_live_manager_s_segment_alone(children):
+    """A manager's segment that its creator closed is unused, but the
+    manager will unlink it at shutdown: idle, not leaked."""
+    child = children(MANAGED_THEN_CLOSED)
+    name, manager = child.said[0], int(child.said[1])
+    try:
+        entry = ls_entry(name, until=lambda e: e["users"] == [])
+        assert entry["state"] == "idle", entry
+        assert [t["pid"] for t in entry["trackers"]] == [manager], entry
+        assert entry["trackers"][0]["manager"] is True, entry
+        assert f"{manager}(shmkit-manager)" in shmkit("ls").stdout
+        gc = shmkit("gc", "--prefix", name)
+        assert gc.returncode == 0 and gc.stdout == "", gc
+        gc = shmkit("gc", name)
+        assert gc.returncode == 0 and gc.stdout == "", gc
+        assert h.segment_exists(name)
+    finally:
+        child.kill()
+        # The manager sees its parent die and unlinks the segment.
+        deadline = time.monotonic() + 5
+        while h.segment_exists(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert not h.segment_exists(name)

@@ -125,3 +125,56 @@ def test_stdlib_too_big_dies_with_sigbus(stdlib_mod):
     )
     assert proc.stdout.split() == ["created", str(BIG)], h.describe(proc)
     assert proc.returncode == -signal.SIGBUS, h.describe(proc)
+
+
+def _sparse_by_stdlib_then_attach(shmkit_mod, reserve):
+    """In a 1 MiB /dev/shm: the stdlib makes an 8 MiB sparse segment, then
+    shmkit attaches to it (``reserve=`` as given) and fills it."""
+    kwargs = "" if reserve is None else f", reserve={reserve!r}"
+    return run_in_small_dev_shm(
+        f"""
+        import json, os
+        from multiprocessing import shared_memory as stdlib
+        import {shmkit_mod.__name__} as m
+        made = stdlib.SharedMemory("shmkit_t_sparse", create=True, size={BIG})
+        try:
+            shm = m.SharedMemory("shmkit_t_sparse", track=False{kwargs})
+        except OSError as e:
+            print(json.dumps({{"type": type(e).__name__, "errno": e.errno,
+                              "filename": e.filename, "left": os.listdir("/dev/shm")}}), flush=True)
+        else:
+            print("attached", flush=True)
+            shm.buf[:] = b"\\x01" * shm.size
+            print("filled", flush=True)
+            shm.close()
+        # The attach reserved nothing it kept: a segment that fits still fits.
+        small = m.SharedMemory(create=True, size=512 * 1024)
+        small.buf[:] = b"x" * small.size
+        small.close()
+        small.unlink()
+        made.close()
+        made.unlink()
+        print("ok", flush=True)
+        """
+    )
+
+
+@pytest.mark.shmkit_only
+def test_attach_with_reserve_raises_enospc_instead_of_sigbus(shmkit_mod):
+    proc = _sparse_by_stdlib_then_attach(shmkit_mod, True)
+    assert proc.returncode == 0, h.describe(proc)
+    first, last = proc.stdout.splitlines()[0], proc.stdout.splitlines()[-1]
+    result = json.loads(first)
+    assert result["type"] == "OSError" and result["errno"] == errno.ENOSPC, h.describe(proc)
+    assert result["filename"] == "/shmkit_t_sparse"
+    assert result["left"] == ["shmkit_t_sparse"]  # the attach removes nothing
+    assert last == "ok"
+
+
+@pytest.mark.parametrize("reserve", [None, False], ids=["default", "reserve_false"])
+def test_attach_without_reserve_still_dies_with_sigbus(shmkit_mod, reserve):
+    """The default, as the stdlib: an attach reserves nothing (the creator
+    normally did), so filling a sparse segment on a full /dev/shm is fatal."""
+    proc = _sparse_by_stdlib_then_attach(shmkit_mod, reserve)
+    assert proc.stdout.split() == ["attached"], h.describe(proc)
+    assert proc.returncode == -signal.SIGBUS, h.describe(proc)

@@ -11,6 +11,7 @@ import errno
 import gc
 import os
 import pickle
+import signal
 import sys
 import unittest.mock
 
@@ -668,3 +669,90 @@ def test_rename_refuses_bad_names_and_flags(shmkit_mod, segments):
             flags=shmkit_mod.SHM_RENAME_NOREPLACE | shmkit_mod.SHM_RENAME_EXCHANGE,
         )
     assert shm.name == name and h.segment_exists(name)
+
+
+PY_LONG_OVERFLOW = "Python int too large to convert to C long"
+
+
+@pytest.mark.parametrize("size", [2**63, 2**64, 10**30], ids=["2**63", "2**64", "10**30"])
+def test_size_beyond_a_c_long_raises_overflow_error(impl, segments, size):
+    name = segments.name("huge")
+    with pytest.raises(OverflowError) as ei:
+        impl.SharedMemory(name, create=True, size=size)
+    assert str(ei.value) == PY_LONG_OVERFLOW
+    assert type(ei.value) is OverflowError
+    if h.is_shmkit(impl):
+        # Raised before anything exists (the stdlib leaks an empty segment
+        # here, as for a float size).
+        assert not h.segment_exists(name)
+
+
+@pytest.mark.parametrize("size", [2**63 - 1, 2**62], ids=["2**63-1", "2**62"])
+def test_size_no_machine_has_is_an_os_error_leaving_nothing(impl, segments, size):
+    """The stdlib's mmap fails (ENOMEM); shmkit's reservation fails first
+    (ENOSPC, as for any create /dev/shm has no room for)."""
+    name = segments.name("huge")
+    with pytest.raises(OSError) as ei:
+        impl.SharedMemory(name, create=True, size=size)
+    want = errno.ENOSPC if h.is_shmkit(impl) else errno.ENOMEM
+    assert type(ei.value) is OSError and ei.value.errno == want
+    assert not h.segment_exists(name)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_attach_to_what_is_not_a_segment_is_einval(impl, segments, kind):
+    name = segments.name(kind)
+    path = h.shm_path(name)
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        os.mkdir(path, 0o700)
+    def stuck(signum, frame):
+        raise TimeoutError("the attach waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(10)
+    try:
+        # Opening a FIFO must not wait for a writer.
+        with pytest.raises(OSError) as ei:
+            h.attach_untracked(impl, name)
+        signal.alarm(0)
+        assert type(ei.value) is OSError and ei.value.errno == errno.EINVAL, ei.value
+        # glibc's shm_open answers EINVAL for a directory (with the name);
+        # mmap answers it for a FIFO (naming no file).
+        assert ei.value.filename == ("/" + name if kind == "directory" else None)
+        assert str(ei.value).startswith("[Errno 22] Invalid argument")
+        if h.is_shmkit(impl):
+            # Left as it was: an attach never removes what it did not make
+            # (the stdlib unlinks the FIFO).
+            assert os.path.lexists(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        if kind == "directory":
+            os.rmdir(path)
+
+
+@pytest.mark.shmkit_only
+def test_reserve_keyword(shmkit_mod, segments):
+    """``reserve=False`` makes a create sparse; ``reserve=True`` makes an
+    attach fill the holes (tests/python/test_no_space.py: what for)."""
+    size = 1 << 20
+    name = segments.name("reserve")
+
+    def allocated():
+        return os.stat(h.shm_path(name)).st_blocks * 512
+
+    made = segments.add(shmkit_mod.SharedMemory(name, create=True, size=size, reserve=False))
+    made.buf[-5:] = b"kept!"
+    sparse = allocated()
+    assert sparse < size // 2
+    plain = shmkit_mod.SharedMemory(name, track=False)
+    assert allocated() == sparse
+    reserved = shmkit_mod.SharedMemory(name, track=False, reserve=True)
+    assert allocated() >= size
+    assert bytes(reserved.buf[-5:]) == b"kept!" and reserved.size == size
+    plain.close()
+    reserved.close()
+    with pytest.raises(TypeError):
+        shmkit_mod.SharedMemory(name, False, 0, False)  # keyword-only

@@ -2,13 +2,14 @@
 
 use shmkit::inspect::{self, Processes, Removal, Usage, Users};
 
-use crate::out::{self, Out};
+use crate::out::{self, Out, Quoted};
 use crate::{EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
 
 /// Why a segment was left alone, as one message.
 fn refusal(name: &str, removal: &Removal) -> Option<String> {
+    let name = Quoted::str(name);
     Some(match removal {
-        Removal::Removed => return None,
+        Removal::Removed | Removal::RemovedInUse(_) => return None,
         Removal::InUse(users) => format!("{name}: {}; not removed", in_use(users)),
         Removal::Unknown { unreadable } => format!(
             "{name}: cannot tell whether it is in use: {} processes could not be \
@@ -34,7 +35,9 @@ fn in_use(users: &Users) -> String {
     "in use".to_owned()
 }
 
-pub fn rm(names: &[String]) -> i32 {
+/// `rm`: with `force`, unlinks even segments in use, and says who still
+/// uses each.
+pub fn rm(names: &[String], force: bool) -> i32 {
     let mut status = EXIT_OK;
     let mut bare: Vec<&str> = Vec::new();
     for name in names {
@@ -47,9 +50,19 @@ pub fn rm(names: &[String]) -> i32 {
     }
     let mut o = Out::new();
     let mut refused = false;
-    for (name, result) in bare.iter().zip(inspect::remove(&bare)) {
+    let results = if force {
+        inspect::remove_in_use(&bare)
+    } else {
+        inspect::remove(&bare)
+    };
+    for (name, result) in bare.iter().zip(results) {
+        let shown = Quoted::str(name);
         match result {
-            Ok(Removal::Removed) => o.line(&format!("removed {name}")),
+            Ok(Removal::Removed) => o.line(&format!("removed {shown}")),
+            Ok(Removal::RemovedInUse(users)) => o.line(&format!(
+                "removed {shown}, which was {}: they keep its memory until they let go of it",
+                in_use(&users)
+            )),
             Ok(other) => {
                 refused = true;
                 if let Some(message) = refusal(name, &other) {
@@ -66,7 +79,9 @@ pub fn rm(names: &[String]) -> i32 {
     }
 }
 
-pub fn gc(names: &[String], prefixes: &[String], dry_run: bool) -> i32 {
+/// `gc`: unlinks the leaked segments among those named or prefixed (all
+/// when none are), or only lists them (`dry_run`).
+pub fn gc(names: &[String], prefixes: &[String], dry_run: bool, verbose: bool) -> i32 {
     let mut wanted: Vec<&str> = Vec::new();
     for name in names {
         match shmkit::name::validate(name) {
@@ -101,6 +116,12 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool) -> i32 {
         .iter()
         .filter(|s| procs.usage(s) == Usage::Unknown)
         .count();
+    if verbose && !procs.maps_unreadable().is_empty() {
+        out::warn(&format!(
+            "note: the mappings of {} could not be read; judged by descriptors and locks only",
+            out::pid_list(procs.maps_unreadable())
+        ));
+    }
     if unknown > 0 {
         out::warn(&format!(
             "gc: left {unknown} segments alone that nobody was seen using: {} processes \
@@ -113,7 +134,7 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool) -> i32 {
         for s in &leaked {
             o.line(&format!(
                 "would remove {} ({}, {} old)",
-                s.name,
+                Quoted::str(&s.name),
                 out::human_size(s.size),
                 out::human_age(s.age())
             ));
@@ -126,7 +147,7 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool) -> i32 {
         match result {
             Ok(Removal::Removed) => o.line(&format!(
                 "removed {} ({}, {} old)",
-                s.name,
+                Quoted::str(&s.name),
                 out::human_size(s.size),
                 out::human_age(s.age())
             )),

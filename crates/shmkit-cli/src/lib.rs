@@ -52,6 +52,9 @@ Exit status:
     after_help = EXIT_CODES
 )]
 struct Cli {
+    /// Say more: notes on what could not be inspected, and why.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,11 +62,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List every segment in /dev/shm: size, mode, owner, age, the processes
-    /// that use it, the shmkit processes tracking it, its state, and what it
-    /// holds.
+    /// that use it, the shmkit processes tracking it (managers among them:
+    /// `shmkit-manager`, `shmkit serve`), its state, and what it holds.
+    /// Names and command names that hold control characters, bytes that are
+    /// not UTF-8, spaces, quotes or backslashes are shown quoted and escaped.
     ///
-    /// States: "in use"; "idle" (unused, but a live shmkit process tracks
-    /// it: its tracker unlinks it when that process tree exits); "leaked"
+    /// States: "in use"; "idle" (unused, but a live shmkit process or
+    /// manager tracks it and will unlink it); "leaked"
     /// (every user gone, nobody will unlink it); "unknown" (see below).
     ///
     /// Nothing is disturbed: segments are read with pread on a read-only
@@ -99,7 +104,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Unlink the named segments, each only if no live process uses it.
+    /// Unlink the named segments, each only if no live process uses it
+    /// (or even then, with --force).
     ///
     /// Each is checked on a fresh read-only descriptor: an exclusive
     /// non-blocking flock (which fails while any shmkit handle has it), then,
@@ -111,6 +117,11 @@ enum Command {
         /// The segments' names.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Unlink them even while in use, as `rm` does a file: the name goes
+        /// now, and the processes that map or hold a segment (each is named)
+        /// keep its memory until they let go of it.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Unlink leaked segments: those that no live process maps, holds open
     /// or locks, and no live shmkit process tracks. Each is checked again as
@@ -190,7 +201,7 @@ where
         }
     };
     match cli.command {
-        Command::Ls { json } => ls::run(json),
+        Command::Ls { json } => ls::run(json, cli.verbose),
         Command::Show {
             name,
             hex,
@@ -204,12 +215,12 @@ where
             length,
             json,
         }),
-        Command::Rm { names } => clean::rm(&names),
+        Command::Rm { names, force } => clean::rm(&names, force),
         Command::Gc {
             names,
             prefix,
             dry_run,
-        } => clean::gc(&names, &prefix, dry_run),
+        } => clean::gc(&names, &prefix, dry_run, cli.verbose),
         Command::Serve {
             address,
             authkey_file,

@@ -38,15 +38,74 @@ struct Entry {
     /// The pids of the shmkit processes tracking it (never CPython's
     /// resource tracker, which cannot be read).
     tracked_by: Vec<i32>,
+    /// The same processes, with their command names, and whether each is a
+    /// shmkit manager (which unlinks the segment when it shuts down or its
+    /// parent dies).
+    trackers: Vec<Tracker>,
     holds: Holds,
 }
 
 #[derive(Serialize)]
 struct User {
     pid: u32,
+    /// As the kernel has it (`/proc/PID/comm`), any bytes that are not UTF-8
+    /// replaced by U+FFFD.
     command: Option<String>,
     mapped: bool,
     open: bool,
+    /// The command name's bytes, for the table.
+    #[serde(skip)]
+    raw_command: Option<Vec<u8>>,
+}
+
+#[derive(Serialize)]
+struct Tracker {
+    pid: i32,
+    /// As for [`User::command`].
+    command: Option<String>,
+    manager: bool,
+    /// The name the table shows: the command name, or `shmkit serve`.
+    #[serde(skip)]
+    label: Option<Vec<u8>>,
+}
+
+impl Tracker {
+    fn of(pid: i32) -> Tracker {
+        let comm = u32::try_from(pid).ok().and_then(out::command_of);
+        let serve = u32::try_from(pid).is_ok_and(is_shmkit_serve);
+        let manager = serve || comm.as_deref() == Some(MANAGER_PROGRAM.as_bytes());
+        Tracker {
+            pid,
+            command: comm
+                .as_deref()
+                .map(|c| String::from_utf8_lossy(c).into_owned()),
+            manager,
+            label: if serve {
+                Some(b"shmkit serve".to_vec())
+            } else {
+                comm
+            },
+        }
+    }
+}
+
+/// The command name of the program that runs a Python
+/// `SharedMemoryManager`'s server (`shmkit-manager`, shipped beside the
+/// package). A manager that `start()` had to fork instead (one with an
+/// initializer) keeps its parent's name and cannot be told from it.
+const MANAGER_PROGRAM: &str = "shmkit-manager";
+
+/// Whether `pid` runs `shmkit serve` (the `shmkit` program, or `python -m
+/// shmkit`, followed by `serve`), from its command line.
+fn is_shmkit_serve(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2).any(|pair| {
+        let program = pair[0].rsplit(|&b| b == b'/').next().unwrap_or_default();
+        program == b"shmkit" && pair[1] == b"serve"
+    })
 }
 
 #[derive(Serialize)]
@@ -109,16 +168,22 @@ fn users_of(users: &Users) -> Vec<User> {
         .pids()
         .into_iter()
         .filter(|p| users.mapped_by.contains(p) || users.open_by.contains(p))
-        .map(|pid| User {
-            pid,
-            command: out::command_of(pid),
-            mapped: users.mapped_by.contains(&pid),
-            open: users.open_by.contains(&pid),
+        .map(|pid| {
+            let raw_command = out::command_of(pid);
+            User {
+                pid,
+                command: raw_command
+                    .as_deref()
+                    .map(|c| String::from_utf8_lossy(c).into_owned()),
+                mapped: users.mapped_by.contains(&pid),
+                open: users.open_by.contains(&pid),
+                raw_command,
+            }
         })
         .collect()
 }
 
-pub fn run(json: bool) -> i32 {
+pub fn run(json: bool, verbose: bool) -> i32 {
     let segments = match inspect::segments() {
         Ok(s) => s,
         Err(e) => return out::fail(&e.to_string()),
@@ -144,7 +209,7 @@ pub fn run(json: bool) -> i32 {
         }
     } else {
         table(&mut o, &listing);
-        notes(&listing);
+        notes(&listing, verbose);
     }
     crate::EXIT_OK
 }
@@ -181,7 +246,20 @@ fn entry(
             })
             .collect(),
         tracked_by: tracked.get(&s.name).cloned().unwrap_or_default(),
+        trackers: tracked
+            .get(&s.name)
+            .map(|pids| pids.iter().map(|&p| Tracker::of(p)).collect())
+            .unwrap_or_default(),
         holds: Holds::of(s),
+    }
+}
+
+/// `1234(python3)`, the command name [quoted](out::Quoted), or the pid
+/// alone.
+fn labelled(pid: impl std::fmt::Display, command: Option<&[u8]>) -> String {
+    match command {
+        Some(c) => format!("{pid}({})", out::Quoted(c)),
+        None => pid.to_string(),
     }
 }
 
@@ -193,39 +271,41 @@ fn table(o: &mut Out, listing: &Listing) {
         .segments
         .iter()
         .map(|e| {
+            // The raw command names, not the JSON's lossy ones: two names
+            // that differ only in bytes that are not UTF-8 must look
+            // different.
             let mut users: Vec<String> = e
                 .users
                 .iter()
-                .map(|u| match &u.command {
-                    Some(c) => format!("{}({c})", u.pid),
-                    None => u.pid.to_string(),
-                })
+                .map(|u| labelled(u.pid, u.raw_command.as_deref()))
                 .collect();
             if users.is_empty() && !e.locks.is_empty() {
                 users.push("locked".to_owned());
             }
-            let tracked = if e.tracked_by.is_empty() {
-                "-".to_owned()
-            } else {
-                e.tracked_by
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            [
-                e.name.clone(),
-                out::human_size(e.size),
-                e.mode.clone(),
-                e.owner.clone().unwrap_or_else(|| e.uid.to_string()),
-                out::human_age(std::time::Duration::from_secs_f64(e.age_seconds)),
-                e.state.replace('_', " "),
-                if users.is_empty() {
+            let trackers: Vec<String> = e
+                .trackers
+                .iter()
+                .map(|t| labelled(t.pid, t.label.as_deref()))
+                .collect();
+            let join = |cells: Vec<String>| {
+                if cells.is_empty() {
                     "-".to_owned()
                 } else {
-                    users.join(",")
+                    cells.join(",")
+                }
+            };
+            [
+                out::Quoted::str(&e.name).to_string(),
+                out::human_size(e.size),
+                e.mode.clone(),
+                match &e.owner {
+                    Some(owner) => out::Quoted::str(owner).to_string(),
+                    None => e.uid.to_string(),
                 },
-                tracked,
+                out::human_age(std::time::Duration::from_secs_f64(e.age_seconds)),
+                e.state.replace('_', " "),
+                join(users),
+                join(trackers),
                 e.holds.text(),
             ]
         })
@@ -233,7 +313,7 @@ fn table(o: &mut Out, listing: &Listing) {
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(out::width(cell));
         }
     }
     let render = |cells: &[&str]| {
@@ -241,11 +321,10 @@ fn table(o: &mut Out, listing: &Listing) {
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
                 line.push_str(cell);
-            } else if i == 1 {
-                // Sizes right-aligned.
-                line.push_str(&format!("{cell:>w$}  "));
             } else {
-                line.push_str(&format!("{cell:<w$}  "));
+                // Sizes right-aligned.
+                line.push_str(&out::pad(cell, w, i != 1));
+                line.push_str("  ");
             }
         }
         line
@@ -257,15 +336,19 @@ fn table(o: &mut Out, listing: &Listing) {
     }
 }
 
-fn notes(listing: &Listing) {
-    if !listing.unreadable_processes.is_empty() {
+/// What the table cannot say. That some processes could not be inspected
+/// is said whenever a segment's state is "unknown" because of it; the rest
+/// only with `-v`.
+fn notes(listing: &Listing, verbose: bool) {
+    let unknown = listing.segments.iter().any(|e| e.state == "unknown");
+    if !listing.unreadable_processes.is_empty() && (unknown || verbose) {
         out::warn(&format!(
             "note: {} processes could not be inspected (run as root to see them): \
              segments nobody was seen using are \"unknown\", not \"leaked\"",
             listing.unreadable_processes.len()
         ));
     }
-    if !listing.maps_unreadable_processes.is_empty() {
+    if !listing.maps_unreadable_processes.is_empty() && verbose {
         out::warn(&format!(
             "note: the mappings of {} could not be read; judged by descriptors and locks only",
             out::pid_list(&listing.maps_unreadable_processes)

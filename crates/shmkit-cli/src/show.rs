@@ -5,7 +5,7 @@ use shmkit::inspect::{self, ListCopy};
 use shmkit::list::Value;
 
 use crate::hexdump;
-use crate::out::{self, Out};
+use crate::out::{self, Out, Quoted};
 
 /// What `show` was asked for on the command line.
 pub struct Args {
@@ -123,7 +123,8 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
         return crate::EXIT_OK;
     }
     o.line(&format!(
-        "{name}: a ShareableList of {} items in {} bytes, format {}",
+        "{}: a ShareableList of {} items in {} bytes, format {}",
+        Quoted::str(name),
         list.items.len(),
         list.size,
         shmkit::pyrepr::str_repr(&list.format())
@@ -136,10 +137,12 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
                 Ok((ty, format)) => (ty.type_name().to_owned(), format.clone()),
                 Err(_) => ("?".to_owned(), "?".to_owned()),
             };
-            let value = match &i.value {
+            // A repr escapes what Python's does; what it leaves (format
+            // characters such as a right-to-left override) is escaped here.
+            let value = out::sanitize(&match &i.value {
                 Ok(value) => value.repr(),
                 Err(e) => format!("<unreadable: {e}>"),
-            };
+            });
             [i.index.to_string(), ty, format, i.slot.to_string(), value]
         })
         .collect();
@@ -147,21 +150,17 @@ fn show_list(args: &Args, list: &ListCopy) -> i32 {
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(out::width(cell));
         }
     }
     let render = |c: [&str; 5]| {
         format!(
-            "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
+            "{}  {}  {}  {}  {}",
+            out::pad(c[0], widths[0], false),
+            out::pad(c[1], widths[1], true),
+            out::pad(c[2], widths[2], true),
+            out::pad(c[3], widths[3], false),
             c[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
         )
     };
     o.line(&render(header));
@@ -213,7 +212,7 @@ fn show_hex(args: &Args) -> i32 {
         }
         return crate::EXIT_OK;
     }
-    o.line(&format!("{name}: {size} bytes"));
+    o.line(&format!("{}: {size} bytes", Quoted::str(name)));
     for line in hexdump::lines(&bytes, offset as usize) {
         o.line(&line);
     }

@@ -445,3 +445,352 @@ fn show_decodes_a_list_the_stdlib_made() {
         .collect();
     assert_eq!(reprs, ["'a'", "2", "3.5", "None", "b'x'"]);
 }
+
+/// Bytes a terminal acts on instead of printing: C0 controls but the line
+/// ends, DEL, and (as UTF-8) C1 controls and the right-to-left override.
+fn raw_controls(text: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, &b) in text.iter().enumerate() {
+        if (b < 0x20 && b != b'\n') || b == 0x7f {
+            found.push(format!("byte {b:#04x} at {i}"));
+        }
+    }
+    let lossy = String::from_utf8_lossy(text);
+    for c in lossy.chars() {
+        if ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{202e}' {
+            found.push(format!("{c:?}"));
+        }
+    }
+    if std::str::from_utf8(text).is_err() {
+        found.push("bytes that are not UTF-8".to_owned());
+    }
+    found
+}
+
+/// A child holding `/dev/shm/NAME` open, under a command name that is
+/// itself hostile (an escape sequence and a byte that is not UTF-8): the
+/// kernel names a process after the file it executed, here a symbolic link
+/// to `sleep`.
+struct HostileSleeper {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl HostileSleeper {
+    const COMM: &'static [u8] = b"\x1b[2Jz\xffsleep";
+
+    fn start(name: &str) -> HostileSleeper {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(unique("comm"));
+        std::fs::create_dir(&dir).unwrap();
+        let link = dir.join(std::ffi::OsStr::from_bytes(Self::COMM));
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("a sleep program");
+        std::os::unix::fs::symlink(sleep, &link).unwrap();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$1\" && exec \"$0\" 60")
+            .arg(&link)
+            .arg(format!("/dev/shm/{name}"))
+            .spawn()
+            .unwrap();
+        let comm = format!("/proc/{}/comm", child.id());
+        while std::fs::read(&comm).unwrap_or_default() != [Self::COMM, b"\n"].concat() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        HostileSleeper { child, dir }
+    }
+}
+
+impl Drop for HostileSleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn hostile_names_never_reach_the_terminal_raw() {
+    let base = unique("hostile");
+    // A title-setting and a screen-clearing escape, a newline that would
+    // forge a row, C1's CSI, a right-to-left override, and a wide name
+    // (for the alignment), each made by this test.
+    let suffixes = [
+        "\x1b]0;pwned\x07",
+        "\x1b[2J",
+        "\nforged_row  64B  0600  root",
+        "\u{9b}31m",
+        "\u{202e}evil",
+        "_共有",
+    ];
+    let names: Vec<String> = suffixes.iter().map(|s| format!("{base}{s}")).collect();
+    let _guards: Vec<Unlink> = names.iter().map(|n| Unlink(n.clone())).collect();
+    for name in &names {
+        drop(
+            Options::new()
+                .track(false)
+                .create_named(name, 64)
+                .expect("create"),
+        );
+    }
+    // One is in use by a process whose own name is hostile.
+    let busy = &names[1];
+    let sleeper = HostileSleeper::start(busy);
+    let quoted = |name: &str| {
+        // What the CLI must show: git's quoting, checked by hand here.
+        let mut q = String::from("\"");
+        for b in name.bytes() {
+            match b {
+                b'\n' => q.push_str("\\n"),
+                0x07 => q.push_str("\\a"),
+                b' '..=b'~' => q.push(char::from(b)),
+                b => q.push_str(&format!("\\{b:03o}")),
+            }
+        }
+        q.push('"');
+        q
+    };
+
+    // ls: one row per name, escaped, the columns aligned.
+    let out = shmkit(&["ls"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
+    let text = stdout(&out);
+    let header = text.lines().next().unwrap();
+    let mode_column = header.find("MODE").unwrap();
+    assert!(!text.lines().any(|l| l.starts_with("forged_row")), "{text}");
+    for name in &names[..5] {
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&quoted(name)))
+            .collect();
+        assert_eq!(rows.len(), 1, "{name:?} in\n{text}");
+        assert!(
+            rows[0][mode_column..].starts_with("0600  "),
+            "{}\n{text}",
+            rows[0]
+        );
+    }
+    // The wide name: aligned by display width (two columns per character).
+    let wide = text
+        .lines()
+        .find(|l| l.starts_with(&names[5]))
+        .unwrap_or_else(|| panic!("{} not in\n{text}", names[5]));
+    let before_mode = &wide[..wide.find("0600").unwrap()];
+    assert_eq!(
+        before_mode.chars().count() + 2,
+        mode_column,
+        "{wide}\n{header}"
+    );
+    // The user's command name too: escaped, its stray byte as well.
+    let user = format!("{}(\"\\033[2Jz\\377sleep\")", sleeper.child.id());
+    assert!(text.contains(&user), "{user} not in\n{text}");
+
+    // --json keeps the names exactly, and the command name as UTF-8.
+    let entry = ls_entry(busy);
+    assert_eq!(entry["name"], busy.as_str());
+    assert_eq!(
+        entry["users"][0]["command"], "\u{1b}[2Jz\u{fffd}sleep",
+        "{entry}"
+    );
+
+    // show: a hexdump's header, and a message for a name that is missing.
+    let out = shmkit(&["show", &names[0]]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
+    assert!(stdout(&out).starts_with(&format!("{}: 64 bytes\n", quoted(&names[0]))));
+    let missing = format!("{base}_gone\x1b[2J\n");
+    let out = shmkit(&["show", &missing]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(raw_controls(&out.stderr), Vec::<String>::new());
+    assert_eq!(stderr(&out).lines().count(), 1, "{out:?}");
+
+    // rm: refused (stderr) for the one in use, with its user's name.
+    let out = shmkit(&["rm", busy]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(raw_controls(&out.stderr), Vec::<String>::new());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "shmkit: {}: in use by {} (\"\\033[2Jz\\377sleep\"); not removed\n",
+            quoted(busy),
+            sleeper.child.id()
+        )
+    );
+
+    // gc --dry-run and gc: one line each, escaped.
+    let free: Vec<&str> = names
+        .iter()
+        .filter(|n| *n != busy)
+        .map(String::as_str)
+        .collect();
+    let mut args = vec!["gc", "--dry-run"];
+    args.extend(&free);
+    let out = shmkit(&args);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
+    assert_eq!(stdout(&out).lines().count(), free.len(), "{out:?}");
+    args.remove(1);
+    let out = shmkit(&args);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), free.len(), "{text}");
+    assert!(
+        text.contains(&format!("removed {} (64B", quoted(&names[2]))),
+        "{text}"
+    );
+    assert!(free.iter().all(|n| !shmkit::exists(n)));
+
+    // rm of a free one prints its name escaped on stdout.
+    drop(sleeper);
+    let out = shmkit(&["rm", busy]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), format!("removed {}\n", quoted(busy)));
+}
+
+#[test]
+fn show_escapes_what_a_list_s_values_hold() {
+    let name = unique("hostile_list");
+    let list = ShareableList::create_named(
+        &name,
+        &[
+            ValueRef::Str("a\u{1b}[2J\u{202e}b"),
+            ValueRef::Bytes(b"\x1b]0;x\x07"),
+        ],
+    )
+    .unwrap();
+    let _guard = Unlink(name.clone());
+    let out = shmkit(&["show", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(raw_controls(&out.stdout), Vec::<String>::new());
+    let text = stdout(&out);
+    assert!(text.contains(r"'a\x1b[2J\342\200\256b'"), "{text}");
+    assert!(text.contains(r"b'\x1b]0;x\x07'"), "{text}");
+    drop(list);
+}
+
+#[test]
+fn rm_force_removes_a_segment_in_use_and_names_its_users() {
+    let name = unique("force");
+    let _guard = Unlink(name.clone());
+    let holder = Holder::start(&name);
+    ls_entry_when(&name, |e| user_pids(e) == [holder.pid()]);
+    // Without --force: refused, as before.
+    let out = shmkit(&["rm", &name]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(shmkit::exists(&name));
+
+    let out = shmkit(&["rm", "--force", &name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stderr(&out), "");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "removed {name}, which was in use by {} (",
+            holder.pid()
+        )) && text.ends_with(": they keep its memory until they let go of it\n"),
+        "{text}"
+    );
+    assert!(!shmkit::exists(&name));
+    // The holder still has its memory: its mapping is still there.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", holder.pid())).unwrap();
+    assert!(
+        maps.contains(&format!("/dev/shm/{name} (deleted)")),
+        "{maps}"
+    );
+
+    // A free segment: removed as plain rm does; a missing one: an error.
+    let free = unique("force_free");
+    drop(SharedMemory::create_named(&free, 8).unwrap());
+    let _guard2 = Unlink(free.clone());
+    ls_entry_when(&free, |e| e["state"] == "leaked");
+    let out = shmkit(&["rm", "-f", &free]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), format!("removed {free}\n"));
+    let out = shmkit(&["rm", "--force", &free]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("does not exist"), "{out:?}");
+}
+
+#[test]
+fn notes_on_what_could_not_be_read_need_v() {
+    let quiet = shmkit(&["ls"]);
+    assert!(quiet.status.success(), "{quiet:?}");
+    assert!(!stderr(&quiet).contains("could not be read"), "{quiet:?}");
+    // Where a process's mappings cannot be read while its descriptors can
+    // (pid 1 in some containers), -v says so, before or after the command.
+    let pid1_blind =
+        std::fs::read("/proc/1/maps").is_err() && std::fs::read_dir("/proc/1/fd").is_ok();
+    for args in [["-v", "ls"], ["ls", "--verbose"]] {
+        let loud = shmkit(&args);
+        assert!(loud.status.success(), "{loud:?}");
+        if pid1_blind {
+            assert!(
+                stderr(&loud).contains("note: the mappings of 1 ("),
+                "{loud:?}"
+            );
+        }
+    }
+}
+
+/// Not a test of its own: a child that names itself as the Python manager's
+/// program does, creates segment `name` tracked, closes it, and sleeps
+/// until killed, as a manager holding a segment whose creator closed it.
+#[test]
+fn act_as_a_manager() {
+    let Ok(name) = std::env::var("SHMKIT_CLI_TEST_MANAGER") else {
+        return;
+    };
+    // The main thread's name, whichever thread writes it.
+    std::fs::write("/proc/self/comm", "shmkit-manager").unwrap();
+    drop(
+        Options::new()
+            .track(true)
+            .create_named(&name, 4096)
+            .unwrap(),
+    );
+    println!("holding");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_manager_s_unused_segment_is_idle_labelled_and_kept_by_gc() {
+    let name = unique("managed");
+    let _guard = Unlink(name.clone());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "act_as_a_manager",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHMKIT_CLI_TEST_MANAGER", &name)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.ends_with("holding"))));
+    let pid = child.id();
+
+    let entry = ls_entry_when(&name, |e| e["users"].as_array().unwrap().is_empty());
+    assert_eq!(entry["state"], "idle", "{entry}");
+    assert_eq!(
+        entry["trackers"],
+        serde_json::json!([{"pid": pid, "command": "shmkit-manager", "manager": true}]),
+        "{entry}"
+    );
+    let table = stdout(&shmkit(&["ls"]));
+    let row = table.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.contains(&format!(" {pid}(shmkit-manager) ")), "{row}");
+    for args in [vec!["gc", &name], vec!["gc", "--prefix", &name]] {
+        let out = shmkit(&args);
+        assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    }
+    assert!(shmkit::exists(&name));
+    let _ = child.kill();
+    let _ = child.wait();
+}

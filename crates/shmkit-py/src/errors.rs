@@ -12,6 +12,8 @@ pub(crate) fn to_pyerr(err: Error, filename: &str) -> PyErr {
         (Error::InvalidName { problem, .. }, None) => PyValueError::new_err(problem.to_string()),
         (Error::Empty { .. }, _) => PyValueError::new_err("cannot mmap an empty file"),
         (Error::InvalidSize { .. }, _) => PyValueError::new_err(err.to_string()),
+        // CPython's mmap module names no file in its errors.
+        (Error::Io { op: "map", .. }, Some(errno)) => PyOSError::new_err((errno, strerror(errno))),
         (_, Some(errno)) => {
             let strerror = strerror(errno);
             PyOSError::new_err((errno, strerror, filename.to_owned()))

@@ -142,8 +142,11 @@ impl Want {
 
 /// Opens or creates the segment `name` (spelled as the Python caller gave
 /// it, slash included) and maps it.
+///
+/// `reserve` as [`Options::reserve`]; not given, a create reserves and an
+/// attach does not.
 #[pyfunction]
-#[pyo3(signature = (name, create, exclusive, size, mode=0o600, reserve=true))]
+#[pyo3(signature = (name, create, exclusive, size, mode=0o600, reserve=None))]
 pub(crate) fn open_segment(
     py: Python<'_>,
     name: &str,
@@ -151,9 +154,12 @@ pub(crate) fn open_segment(
     exclusive: bool,
     size: Option<usize>,
     mode: u32,
-    reserve: bool,
+    reserve: Option<bool>,
 ) -> PyResult<Segment> {
-    let opts = Options::new().mode(mode).reserve(reserve);
+    let mut opts = Options::new().mode(mode);
+    if let Some(reserve) = reserve {
+        opts = opts.reserve(reserve);
+    }
     open_core(py, name, Want::from_flags(create, exclusive, size), &opts)
         .map(Segment::new)
         .map_err(|e| to_pyerr(e, name))
@@ -174,8 +180,11 @@ pub(crate) fn open_core(
     };
     // Releasing the GIL costs more than a small open takes; only reserving
     // many pages (the kernel zeroes them) is slow enough to be worth it.
+    // An attach that reserves does not know the size beforehand; it is
+    // rare enough that the cost of releasing the GIL does not matter.
     match want {
         Want::Create(size) if opts.reserves() && size >= RELEASE_GIL_ABOVE => py.detach(open),
+        Want::Open | Want::OpenOrCreate(_) if opts.reserves_on_open() => py.detach(open),
         _ => open(),
     }
 }

@@ -64,17 +64,22 @@ impl SharedMemoryBase {
     /// `/dev/shm` is an `OSError(ENOSPC)` now rather than a SIGBUS later;
     /// otherwise attaches to the existing block `name` at its full size.
     /// With `track=True`, the block is unlinked once every process using it
-    /// has gone without unlinking it. CPython's argument checks, in its
+    /// has gone without unlinking it. `reserve=True` makes an attach
+    /// reserve the block's pages too (a create always does unless
+    /// `reserve=False`), so that a block someone else made sparse raises
+    /// `OSError(ENOSPC)` at the attach on a full `/dev/shm` instead of
+    /// dying of SIGBUS at a write. CPython's argument checks, in its
     /// order and with its messages; `_flags`, `_mode` and
     /// `_prepend_leading_slash` are read from the instance, so a subclass
     /// that overrides them is honoured.
-    #[pyo3(signature = (name=None, create=None, size=None, *, track=None))]
+    #[pyo3(signature = (name=None, create=None, size=None, *, track=None, reserve=None))]
     fn __init__(
         slf: &Bound<'_, Self>,
         name: Option<&Bound<'_, PyAny>>,
         create: Option<&Bound<'_, PyAny>>,
         size: Option<&Bound<'_, PyAny>>,
         track: Option<&Bound<'_, PyAny>>,
+        reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
         let create = match create {
@@ -127,7 +132,10 @@ impl SharedMemoryBase {
             0o600
         };
         let want = Want::from_flags(want_create, exclusive, want_size);
-        let opts = Options::new().mode(mode).track(track);
+        let mut opts = Options::new().mode(mode).track(track);
+        if let Some(reserve) = reserve.filter(|r| !r.is_none()) {
+            opts = opts.reserve(reserve.is_truthy()?);
+        }
 
         let (segment, full_name) = match name {
             None => {
@@ -283,11 +291,18 @@ impl SharedMemoryBase {
     }
 }
 
-/// `operator.index(size)` with the message CPython's `ftruncate` gives.
+/// `operator.index(size)` with the message CPython's `ftruncate` gives,
+/// and CPython's `OverflowError` for a size beyond a C `long` (its
+/// `off_t`): 2**63 and up.
 fn index(size: &Bound<'_, PyAny>) -> PyResult<usize> {
     let py = size.py();
     match size.call_method0(intern!(py, "__index__")) {
-        Ok(i) => i.extract(),
+        Ok(i) => {
+            // PyLong_AsLong's own OverflowError, message and all.
+            let long: i64 = i.extract()?;
+            usize::try_from(long)
+                .map_err(|_| PyValueError::new_err("'size' must be a positive integer"))
+        }
         Err(_) => Err(PyTypeError::new_err(format!(
             "'{}' object cannot be interpreted as an integer",
             size.get_type().name()?

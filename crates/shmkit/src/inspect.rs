@@ -771,6 +771,10 @@ pub enum Removal {
     /// Left alone: the name came to refer to another file while it was
     /// being checked.
     Replaced,
+    /// Unlinked although these processes still used it (only
+    /// [`remove_in_use`] does this): they keep the memory they map or hold
+    /// open until they let go of it; only the name is gone.
+    RemovedInUse(Users),
 }
 
 /// Removes the segments `names`, each only if no live process uses it.
@@ -798,7 +802,39 @@ pub enum Removal {
 /// ```
 pub fn remove(names: &[&str]) -> Vec<Result<Removal>> {
     // Bounded batches, so as many descriptors are never open at once.
-    names.chunks(256).flat_map(remove_batch).collect()
+    names
+        .chunks(256)
+        .flat_map(|batch| remove_batch(batch, false))
+        .collect()
+}
+
+/// Removes the segments `names` even while processes use them, as `rm` does
+/// a file in use: the name goes at once, and whoever maps or holds a segment
+/// keeps its memory until they let go. Each result says who still used it
+/// ([`Removal::RemovedInUse`]), as far as this process can see (other users'
+/// processes need root), or [`Removal::Removed`] when nobody was seen.
+///
+/// Each name is opened and looked up in `/proc` first, and unlinked only if
+/// it still refers to that file ([`Removal::Replaced`] otherwise), so a
+/// segment made under the same name meanwhile is left alone. No lock is
+/// taken: a shmkit process attaching at that moment keeps its mark.
+///
+/// ```
+/// use shmkit::{inspect::{self, Removal}, SharedMemory};
+/// let shm = SharedMemory::create(8)?;
+/// shm.write_at(0, b"kept")?;
+/// let removed = inspect::remove_in_use(&[shm.name()]);
+/// let Ok(Removal::RemovedInUse(users)) = &removed[0] else { panic!("{removed:?}") };
+/// assert!(users.pids().contains(&std::process::id()));
+/// assert!(!shmkit::exists(shm.name()));
+/// assert_eq!(shm.read_vec(0, 4)?, b"kept"); // the memory stays ours
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub fn remove_in_use(names: &[&str]) -> Vec<Result<Removal>> {
+    names
+        .chunks(256)
+        .flat_map(|batch| remove_batch(batch, true))
+        .collect()
 }
 
 enum Held {
@@ -806,11 +842,16 @@ enum Held {
     Busy(ReadOnly),
 }
 
-fn remove_batch(names: &[&str]) -> Vec<Result<Removal>> {
+fn remove_batch(names: &[&str], force: bool) -> Vec<Result<Removal>> {
     let opened: Vec<Result<Held>> = names
         .iter()
         .map(|name| {
             let file = ReadOnly::open(name)?;
+            if force {
+                // Unlinked whoever uses it: no lock to take, and so none
+                // to take from a shmkit process attaching now.
+                return Ok(Held::Busy(file));
+            }
             Ok(match sys::try_lock_exclusive(&file.fd) {
                 Ok(()) => Held::Locked(file),
                 Err(_) => Held::Busy(file),
@@ -838,6 +879,13 @@ fn remove_batch(names: &[&str]) -> Vec<Result<Removal>> {
     opened
         .into_iter()
         .map(|held| match held? {
+            Held::Busy(file) if force => {
+                let users = procs.users.get(&file.stat.key).cloned().unwrap_or_default();
+                match unlink_if_same(&file)? {
+                    Removal::Removed if !users.is_empty() => Ok(Removal::RemovedInUse(users)),
+                    other => Ok(other),
+                }
+            }
             Held::Busy(file) => Ok(Removal::InUse(
                 procs.users.get(&file.stat.key).cloned().unwrap_or_default(),
             )),

@@ -68,6 +68,10 @@ impl std::ops::BitOr for RenameFlags {
 pub struct Options {
     mode: u32,
     reserve: bool,
+    /// Whether an attach reserves the pages of the segment it finds: only
+    /// when [`Options::reserve`] asked for it, as attaching is the hot path
+    /// and most segments were reserved by their creator.
+    reserve_open: bool,
     track: bool,
 }
 
@@ -76,6 +80,7 @@ impl Default for Options {
         Options {
             mode: 0o600,
             reserve: true,
+            reserve_open: false,
             track: false,
         }
     }
@@ -94,22 +99,49 @@ impl Options {
         self
     }
 
-    /// Whether creation allocates every page up front (`fallocate`), so that
-    /// a full `/dev/shm` fails the create with [`Error::NoSpace`] instead of
-    /// killing a later write with `SIGBUS`. On by default.
+    /// Whether creating and attaching allocate every page up front
+    /// (`fallocate`), so that a full `/dev/shm` fails the call with
+    /// [`Error::NoSpace`] instead of killing a later write with `SIGBUS`.
     ///
-    /// The cost: memory is committed at creation rather than at first touch,
-    /// and creation takes time in proportion to the size (the kernel zeroes
-    /// each page once, which a first write would otherwise do). Turn it off
-    /// for large segments that will stay sparse.
+    /// By default a create reserves and an attach does not: a segment made
+    /// by shmkit (or reserved by whoever attached it) is reserved already,
+    /// but one that another program made sparse (CPython always does) is
+    /// not, and writing it on a full `/dev/shm` dies of `SIGBUS`.
+    /// `reserve(true)` makes an attach reserve too: the pages the segment
+    /// lacks are allocated then (nothing it holds changes), and a full
+    /// `/dev/shm` is an [`Error::NoSpace`] from the attach, which leaves the
+    /// segment as it was. `reserve(false)` turns it off for both.
+    ///
+    /// The cost: memory is committed at creation (or attach) rather than at
+    /// first touch, and the call takes time in proportion to the pages it
+    /// allocates (the kernel zeroes each page once, which a first write
+    /// would otherwise do); an attach to a segment whose pages are all there
+    /// still walks them. Turn it off for large segments that will stay
+    /// sparse.
+    ///
+    /// ```
+    /// use shmkit::Options;
+    /// let made = Options::new().reserve(false).create(1 << 16)?; // sparse
+    /// let attached = Options::new().reserve(true).open(made.name())?; // now reserved
+    /// assert_eq!(attached.size(), 1 << 16);
+    /// made.unlink()?;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
     pub fn reserve(mut self, reserve: bool) -> Self {
         self.reserve = reserve;
+        self.reserve_open = reserve;
         self
     }
 
     /// Whether creation reserves pages (see [`reserve`](Self::reserve)).
     pub fn reserves(&self) -> bool {
         self.reserve
+    }
+
+    /// Whether an attach reserves the pages of the segment it finds (see
+    /// [`reserve`](Self::reserve)).
+    pub fn reserves_on_open(&self) -> bool {
+        self.reserve_open
     }
 
     /// Whether this process's leak tracker (see [`crate::tracker`]) unlinks
@@ -173,13 +205,17 @@ impl Options {
         if let Some(size) = size {
             check_size(size)?;
         }
-        let fd = sys::shm_open(bare, disposition, self.mode)
-            .map_err(|e| Error::from_errno("open", bare, e))?;
+        let fd = sys::shm_open(bare, disposition, self.mode).map_err(|e| {
+            // A directory: EINVAL, as glibc's shm_open (and so CPython)
+            // answers, rather than open(2)'s EISDIR.
+            let e = if e == Errno::ISDIR { Errno::INVAL } else { e };
+            Error::from_errno("open", bare, e)
+        })?;
         let created = disposition == Disposition::CreateNew;
         let found = if created {
             None
         } else {
-            Some(found_size(bare, &fd)?)
+            Some(self.found_size(bare, &fd)?)
         };
         match self.size_and_map(bare, &fd, found, size) {
             Ok(region) => {
@@ -249,6 +285,27 @@ impl Options {
     }
 }
 
+impl Options {
+    /// The size of the existing segment `fd`, its pages reserved if
+    /// [`reserve`](Self::reserve) asked for that on attach.
+    fn found_size(&self, name: &str, fd: &OwnedFd) -> Result<usize> {
+        let size = found_size(name, fd)?;
+        if self.reserve_open && size > 0 {
+            // fallocate without KEEP_SIZE on [0, size) changes no size and
+            // no byte: it only fills holes. tmpfs frees what it allocated
+            // if it fails.
+            sys::reserve(fd, size as u64).map_err(|e| match e {
+                Errno::NOSPC | Errno::FBIG => Error::NoSpace {
+                    name: name.to_owned(),
+                    size: size as u64,
+                },
+                e => Error::from_errno("reserve", name, e),
+            })?;
+        }
+        Ok(size)
+    }
+}
+
 /// The size of an existing segment, after waiting out a pending cleanup:
 /// when the segment's tracked users have all died and a watcher is
 /// deciding whether to unlink it (`crate::tracker`), attaching would keep
@@ -262,8 +319,19 @@ impl Options {
 /// ask about, so it is asked only when the mode shows the watcher's hint
 /// (`sys::CLEANUP_HINT`), which the `fstat` every attach makes anyway
 /// reports for free.
+///
+/// Only a regular file is a segment: anything else someone put in
+/// `/dev/shm` (a FIFO, a device) fails as CPython's `mmap` fails on it,
+/// with `EINVAL`, and is never waited on or changed.
 fn found_size(name: &str, fd: &OwnedFd) -> Result<usize> {
     let mut st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::Io {
+            op: "map",
+            name: name.to_owned(),
+            source: std::io::Error::from_raw_os_error(Errno::INVAL.raw_os_error()),
+        });
+    }
     if st.st_mode & sys::CLEANUP_HINT != 0 && sys::cleanup_pending(fd) {
         sys::wait_cleanup_done(fd, std::time::Duration::from_secs(2));
         st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
