@@ -831,6 +831,11 @@ fn the_rust_client_uses_cpython_servers() {
 #[path = "../../../fuzz/common/manager_decode.rs"]
 mod manager_decode;
 
+/// Counts allocations per thread, so that the fuzz body can check the
+/// decoder's budget here too.
+#[global_allocator]
+static ALLOC: manager_decode::Counting = manager_decode::Counting;
+
 mod fuzz_body {
     use super::manager_decode;
     use proptest::prelude::*;
@@ -862,6 +867,41 @@ mod fuzz_body {
             frame::write(&mut out, &pickle::dumps(v)).unwrap();
         }
         out
+    }
+
+    /// The attacks that cost a hundred times their size before there was a
+    /// budget, checked against the peak allocation bound (a megabyte each).
+    #[test]
+    fn value_building_attacks_stay_within_the_allocation_bound() {
+        let n = 1 << 20;
+        let mut nones = b"\x80\x04](".to_vec();
+        nones.extend(std::iter::repeat_n(b'N', n));
+        nones.extend_from_slice(b"e.");
+        let mut chain = b"\x80\x04N".to_vec();
+        chain.extend(std::iter::repeat_n(0x85, n));
+        chain.push(b'.');
+        let mut gets = b"\x80\x04]\x94](".to_vec();
+        for _ in 0..n / 2 {
+            gets.extend_from_slice(b"h\x00");
+        }
+        gets.extend_from_slice(b"e.");
+        let mut puts = b"\x80\x04](".to_vec();
+        for _ in 0..n / 2 {
+            puts.extend_from_slice(b"N\x94");
+        }
+        puts.extend_from_slice(b"e.");
+        for (what, data) in [
+            ("APPENDS of None", &nones),
+            ("TUPLE1 chain", &chain),
+            ("BINGET", &gets),
+            ("MEMOIZE", &puts),
+        ] {
+            let peak = manager_decode::check_pickle(data);
+            eprintln!("{what}: {} bytes, decoder peak {peak} bytes", data.len());
+        }
+        // The counting allocator is really installed: a vector counts.
+        let (_, peak) = manager_decode::peak_during(|| vec![0u8; 4096]);
+        assert!(peak >= 4096);
     }
 
     proptest! {
