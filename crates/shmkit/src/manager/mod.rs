@@ -61,7 +61,9 @@ pub use error::ManagerError;
 pub use pickle::{PickleError, PickleProblem, PyValue};
 pub use process::{serve_child, CHILD_ENV};
 pub use relay::serve_child_relay;
-pub use server::{random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT};
+pub use server::{
+    random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT, MAX_CONNECTIONS,
+};
 pub use shared_memory_manager::SharedMemoryManager;
 
 /// Makes `SIGINT` harmless to this process, as CPython's manager process

@@ -560,6 +560,23 @@ fn write_sized(out: &mut Vec<u8>, data: &[u8], short: u8, long: u8, huge: u8) {
 /// # Ok::<(), shmkit::manager::PickleError>(())
 /// ```
 pub fn loads(data: &[u8]) -> Result<PyValue, PickleError> {
+    loads_within(data, decode_budget(data.len()))
+}
+
+/// [`loads`], with at most `budget` bytes of decoder memory rather than
+/// [`decode_budget`]'s: for a reader that knows its pickles are small, such
+/// as a server reading requests.
+///
+/// ```
+/// use shmkit::manager::pickle::{dumps, loads_within, PickleProblem, PyValue};
+///
+/// let names = PyValue::List((0..100).map(|i| format!("psm_{i}").into()).collect());
+/// let data = dumps(&names);
+/// assert_eq!(loads_within(&data, 1 << 20)?, names);
+/// assert_eq!(loads_within(&data, 100).unwrap_err().problem, PickleProblem::TooLarge);
+/// # Ok::<(), shmkit::manager::PickleError>(())
+/// ```
+pub fn loads_within(data: &[u8], budget: usize) -> Result<PyValue, PickleError> {
     let mut reader = Reader {
         data,
         pos: 0,
@@ -567,7 +584,7 @@ pub fn loads(data: &[u8]) -> Result<PyValue, PickleError> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        budget: decode_budget(data.len()),
+        budget,
         charged: Capacities::default(),
     };
     let root = reader.run()?;

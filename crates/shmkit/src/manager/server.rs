@@ -19,7 +19,7 @@ use super::auth::{self, AuthKey, ChallengeKind};
 use super::connection::Connection;
 use super::error::ManagerError;
 use super::frame;
-use super::pickle::PyValue;
+use super::pickle::{self, PyValue};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -29,6 +29,106 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a stopping server waits for requests already being answered.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections a server answers at once, each on a thread with a
+/// descriptor; further ones wait in the listen backlog until one ends (a
+/// silent one ends at the idle limit). CPython's server has no such limit,
+/// but nothing a manager does needs more, and without it every connection
+/// that says nothing pins a thread.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// What requests being received and decoded may hold together, at least:
+/// see [`Pool`].
+const REQUEST_MEMORY: usize = 256 << 20;
+
+/// How often a server with [`MAX_CONNECTIONS`] connections looks again.
+const FULL_POLL: Duration = Duration::from_millis(20);
+
+/// Memory shared by all connections' requests. Before a request's payload
+/// is read, its connection sets aside the payload's length plus what the
+/// decoder may spend on it ([`request_budget`]), and waits while the
+/// pool cannot give that much. The connection cap alone would not bound
+/// memory ([`MAX_CONNECTIONS`] connections each sending a longest request
+/// would each be paid in full), and this pool alone would not bound threads:
+/// hence both. The pool is never smaller than one longest request needs,
+/// so every request the server accepts can be served.
+#[derive(Debug)]
+struct Pool {
+    used: Mutex<usize>,
+    freed: Condvar,
+    size: usize,
+}
+
+/// Decoder memory per byte of a request. Every request a manager serves is
+/// a function name and a segment name or two, a few hundred bytes at most,
+/// which the fixed [`pickle::BUDGET_BASE`] covers many times over; so
+/// requests get a quarter of [`pickle::decode_budget`]'s allowance, and a
+/// long pickle of cheap opcodes is refused after a few times its size.
+const REQUEST_BUDGET_PER_BYTE: usize = 4;
+
+/// The decoder's budget for a request of `len` bytes.
+fn request_budget(len: usize) -> usize {
+    len.saturating_mul(REQUEST_BUDGET_PER_BYTE)
+        .saturating_add(pickle::BUDGET_BASE)
+}
+
+/// What one request costs the [`Pool`]: its payload and the decoder's
+/// budget for it.
+fn request_cost(len: usize) -> usize {
+    len.saturating_add(request_budget(len))
+}
+
+impl Pool {
+    fn for_requests_up_to(max_len: usize) -> Pool {
+        Pool {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            size: REQUEST_MEMORY.max(request_cost(max_len)),
+        }
+    }
+
+    /// Sets `cost` bytes aside, waiting at most `timeout` (forever with
+    /// `None`) for other requests to give them back.
+    fn take(&self, cost: usize, timeout: Option<Duration>) -> Option<Taken<'_>> {
+        let used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let short = |used: &mut usize| used.saturating_add(cost) > self.size;
+        let mut used = match timeout {
+            Some(t) => {
+                let (guard, waited) = self
+                    .freed
+                    .wait_timeout_while(used, t, short)
+                    .unwrap_or_else(PoisonError::into_inner);
+                if waited.timed_out() && guard.saturating_add(cost) > self.size {
+                    return None;
+                }
+                guard
+            }
+            None => self
+                .freed
+                .wait_while(used, short)
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+        *used += cost;
+        Some(Taken { pool: self, cost })
+    }
+}
+
+/// Bytes set aside in a [`Pool`], given back when dropped.
+struct Taken<'a> {
+    pool: &'a Pool,
+    cost: usize,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        *self
+            .pool
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) -= self.cost;
+        self.pool.freed.notify_all();
+    }
+}
 
 /// Settings for a [`Server`]; [`bind`](Self::bind) makes one.
 ///
@@ -165,6 +265,7 @@ impl ServerOptions {
                 state: Mutex::new(State::default()),
                 stop,
                 active: (Mutex::new(0), Condvar::new()),
+                requests: Pool::for_requests_up_to(self.max_message_len),
             }),
             config: Arc::new(Config {
                 authkey,
@@ -208,8 +309,11 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Readable once the server is stopping.
     stop: OwnedFd,
-    /// Connections being handled, to let them finish before the end.
+    /// Connections being handled, to let them finish before the end, and
+    /// to keep them under [`MAX_CONNECTIONS`].
     active: (Mutex<usize>, Condvar),
+    /// Memory for the requests being read.
+    requests: Pool,
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +363,10 @@ impl Shared {
 
     pub(crate) fn stop_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.stop.as_fd()
+    }
+
+    fn active(&self) -> usize {
+        *self.active.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn is_stopping(&self) -> bool {
@@ -348,19 +456,26 @@ impl Server {
         let stopper = self.stopper();
         let mut done = vec![false; sources.len()];
         loop {
-            let mut fds = vec![self.listener.as_fd(), self.shared.stop_fd()];
+            // At the connection limit, the listener is left alone (new
+            // connections wait in its backlog) and looked at again shortly.
+            let full = self.shared.active() >= MAX_CONNECTIONS;
+            let mut fds = vec![self.shared.stop_fd()];
             let live: Vec<usize> = (0..sources.len()).filter(|&i| !done[i]).collect();
             fds.extend(live.iter().map(|&i| sources[i].fd()));
-            let ready =
-                sys::wait_readable(&fds, None).map_err(|e| ManagerError::io("poll", e.into()))?;
+            if !full {
+                fds.push(self.listener.as_fd());
+            }
+            let timeout = full.then_some(FULL_POLL);
+            let ready = sys::wait_readable(&fds, timeout)
+                .map_err(|e| ManagerError::io("poll", e.into()))?;
             drop(fds);
-            if ready[1] {
+            if ready[0] {
                 return Ok(());
             }
-            for (&i, _) in live.iter().zip(&ready[2..]).filter(|(_, &r)| r) {
+            for (&i, _) in live.iter().zip(&ready[1..]).filter(|(_, &r)| r) {
                 done[i] = !sources[i].ready(&stopper);
             }
-            if !ready[0] {
+            if full || !ready[1 + live.len()] {
                 continue;
             }
             match self.listener.accept() {
@@ -590,9 +705,21 @@ fn exchange(conn: &mut Connection, shared: &Shared, config: &Config) -> Option<O
             }
         };
     }
-    let request = match conn.recv() {
-        Ok(request) => request,
+    let len = match conn.recv_len() {
+        Ok(len) => len,
         Err(Error::Manager(ManagerError::Eof)) => return None,
+        Err(e) => return Some(traceback("_handle_request", exception_line(&e))),
+    };
+    // Held until the request is answered and dropped.
+    let Some(_memory) = shared.requests.take(request_cost(len), config.timeout) else {
+        tracing::warn!(len, "manager had no memory free for a request in time");
+        return Some(traceback("_handle_request", "MemoryError".into()));
+    };
+    let request = conn.recv_payload(len).and_then(|bytes| {
+        Ok(pickle::loads_within(&bytes, request_budget(len)).map_err(ManagerError::from)?)
+    });
+    let request = match request {
+        Ok(request) => request,
         Err(e) => return Some(traceback("_handle_request", exception_line(&e))),
     };
     tracing::debug!(request = %request, "manager request");
@@ -944,7 +1071,23 @@ mod tests {
             state: Mutex::new(State::default()),
             stop: sys::event().unwrap(),
             active: (Mutex::new(0), Condvar::new()),
+            requests: Pool::for_requests_up_to(frame::DEFAULT_MAX_LEN),
         }
+    }
+
+    #[test]
+    fn the_request_pool_is_shared_and_waits() {
+        let pool = Pool::for_requests_up_to(frame::DEFAULT_MAX_LEN);
+        assert!(pool.size >= request_cost(frame::DEFAULT_MAX_LEN));
+        let all = pool.take(pool.size, None).unwrap();
+        assert!(pool.take(1, Some(Duration::from_millis(20))).is_none());
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| pool.take(1, Some(Duration::from_secs(5))).is_some());
+            std::thread::sleep(Duration::from_millis(20));
+            drop(all);
+            assert!(waiter.join().unwrap());
+        });
+        assert_eq!(*pool.used.lock().unwrap(), 0);
     }
 
     #[test]
