@@ -544,6 +544,53 @@ fn a_manager_process_shuts_down_cleanly() {
     assert!(!shmkit::exists(list.shm().name()));
 }
 
+/// `VmHWM` (peak resident set) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        >> 10
+}
+
+/// Requests of 16 MiB of cheap opcodes that each build a value (a list of
+/// `None`s, a chain of one-item tuples) are refused with CPython's shape,
+/// an `UnpicklingError` in a traceback, and the manager process's peak
+/// resident set stays within a few times the frame.
+#[test]
+fn a_manager_process_refuses_decoder_attacks_within_a_few_times_the_frame() {
+    let mut smm =
+        SharedMemoryManager::start_process(child_command(), ServerOptions::new()).unwrap();
+    let pid = smm.process_id().unwrap();
+    let n = 16 << 20;
+    let mut nones = b"\x80\x04](".to_vec();
+    nones.extend(std::iter::repeat_n(b'N', n - 6));
+    nones.extend_from_slice(b"e.");
+    let mut chain = b"\x80\x04N".to_vec();
+    chain.extend(std::iter::repeat_n(0x85, n - 4));
+    chain.push(b'.');
+    for (what, attack) in [("APPENDS of None", nones), ("TUPLE1 chain", chain)] {
+        let mut conn = smm.client().open().unwrap();
+        conn.send_bytes(&attack).unwrap();
+        let reply = conn.recv().unwrap();
+        let peak = peak_rss_mib(pid);
+        eprintln!("manager process after {what} (16 MiB): peak RSS {peak} MiB");
+        let items = reply.as_sequence().unwrap();
+        assert_eq!(items[0], PyValue::from("#TRACEBACK"), "{what}");
+        let tb = items[1].as_str().unwrap();
+        assert!(
+            tb.contains("UnpicklingError") && tb.contains("too large"),
+            "{tb}"
+        );
+        assert!(peak <= 8 * 16 + 64, "{what}: peak RSS {peak} MiB");
+    }
+    smm.client().dummy().unwrap();
+    smm.shutdown().unwrap();
+}
+
 #[test]
 fn a_child_that_does_not_serve_is_reported() {
     let e =
