@@ -226,8 +226,10 @@ impl ServerOptions {
     }
 
     /// Watches process `pid`: when it exits, even by `SIGKILL`, the server
-    /// unlinks every segment it tracks and stops. Meant for the parent that
-    /// started a manager process, so that its death cannot leak segments.
+    /// unlinks every segment it tracks that no live process still uses, and
+    /// stops (the others stay registered with this process's leak tracker,
+    /// which removes them once unused). Meant for the parent that started a
+    /// manager process, so that its death cannot leak segments.
     /// On Linux this is a `pidfd`, so the server learns at once.
     ///
     /// ```
@@ -343,15 +345,65 @@ impl Shared {
         };
         let mut failed = 0usize;
         for name in &names {
-            match crate::unlink(name) {
-                Ok(()) | Err(Error::NotFound { .. }) => {}
+            failed += usize::from(!unlink_tracked(name));
+        }
+        tracing::debug!(count = names.len(), failed, "manager unlinked its segments");
+    }
+
+    /// What the death of the watched process does: refuses further
+    /// tracking, and unlinks every tracked segment that no live process
+    /// still maps, holds open or locks. The others are left in place and
+    /// stay registered with this process's leak tracker, whose watcher (or
+    /// their users' own trackers) removes them once unused; a `shutdown`
+    /// still unlinks everything, as CPython's does.
+    ///
+    /// A process this one cannot inspect (another user's, without root)
+    /// counts as a user of every segment it would be allowed to open.
+    pub(crate) fn close_and_unlink_unused(&self) {
+        let mut names = {
+            let mut state = self.state();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            std::mem::take(&mut state.segments)
+        };
+        names.sort_unstable();
+        names.dedup();
+        let mut segments = Vec::with_capacity(names.len());
+        for name in &names {
+            match crate::inspect::segment(name) {
+                Ok(segment) => segments.push(segment),
+                Err(Error::NotFound { .. }) => crate::tracker::unregister(name),
+                // Not a segment we can judge: left as it is, still registered.
                 Err(e) => {
-                    failed += 1;
-                    tracing::warn!(segment = %name, error = %e, "manager could not unlink a segment");
+                    tracing::warn!(segment = %name, error = %e, "manager left a segment it could not inspect")
                 }
             }
         }
-        tracing::debug!(count = names.len(), failed, "manager unlinked its segments");
+        let processes = crate::inspect::Processes::scan(&segments);
+        let (mut unlinked, mut kept) = (0usize, 0usize);
+        for segment in &segments {
+            let used = match processes.usage(segment) {
+                crate::inspect::Usage::InUse => true,
+                crate::inspect::Usage::Leaked => false,
+                crate::inspect::Usage::Unknown => processes
+                    .unreadable()
+                    .iter()
+                    .any(|&pid| could_open(pid, segment)),
+            };
+            if used {
+                kept += 1;
+                tracing::info!(segment = %segment.name, "manager left a segment still in use");
+            } else if unlink_tracked(&segment.name) {
+                unlinked += 1;
+            }
+        }
+        tracing::debug!(
+            unlinked,
+            kept,
+            "manager cleaned up after its watched process"
+        );
     }
 
     /// Wakes the accept loop (and the watcher) for good.
@@ -380,6 +432,50 @@ impl Shared {
         self.close_and_unlink();
         self.signal_stop();
     }
+
+    /// Unlinks what nobody uses any more, then stops: see
+    /// [`close_and_unlink_unused`](Self::close_and_unlink_unused).
+    pub(crate) fn stop_unused(&self) {
+        self.close_and_unlink_unused();
+        self.signal_stop();
+    }
+}
+
+/// Unlinks `name`, which the server tracked, and stops registering it with
+/// the leak tracker; false (with a warning) if it could not be unlinked, in
+/// which case it stays registered, for the tracker's watcher to try again.
+fn unlink_tracked(name: &str) -> bool {
+    match crate::unlink(name) {
+        Ok(()) | Err(Error::NotFound { .. }) => {
+            crate::tracker::unregister(name);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(segment = %name, error = %e, "manager could not unlink a segment");
+            false
+        }
+    }
+}
+
+/// Whether process `pid`, whose descriptors and mappings this process may
+/// not read, could have `segment` open: always if the segment lets its
+/// group or others in, else if one of the process's user ids is root's or
+/// the owner's (`/proc/PID/status` is readable by all). A process gone
+/// meanwhile could not.
+fn could_open(pid: u32, segment: &crate::inspect::Segment) -> bool {
+    if segment.mode & 0o077 != 0 {
+        return true;
+    }
+    let Ok(status) = sys::proc_read(pid, "status") else {
+        return false;
+    };
+    let status = String::from_utf8_lossy(&status);
+    let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
+        return true;
+    };
+    uids.split_whitespace()
+        .map(|u| u.parse::<u32>().ok())
+        .any(|u| u.is_none_or(|u| u == 0 || u == segment.uid))
 }
 
 impl Server {
@@ -533,6 +629,19 @@ impl Server {
     }
 }
 
+/// Registers `name`, which the server now tracks, with this process's leak
+/// tracker, so that `shmkit::tracker::registered()` (and `shmkit ls`) show
+/// this process as its owner, and so that its watcher removes the segment,
+/// once unused, should this process die without unlinking it. The first
+/// registration starts the watcher: a manager that tracks nothing never
+/// starts one. Called with the state locked, so that no stop can unlink
+/// (and unregister) the name between the two.
+fn register(name: &str) {
+    if let Ok(bare) = crate::name::validate(name) {
+        crate::tracker::register(bare);
+    }
+}
+
 /// Stops a [`Server`] from any thread: unlinks every segment it tracks, then
 /// ends its [`serve`](Server::serve).
 ///
@@ -561,6 +670,12 @@ impl Stopper {
         self.0.stop();
     }
 
+    /// What the death of the watched process does: unlinks the tracked
+    /// segments that no live process uses, and stops the server.
+    pub(crate) fn stop_unused(&self) {
+        self.0.stop_unused();
+    }
+
     /// Whether the server is stopping or stopped.
     pub fn is_stopped(&self) -> bool {
         self.0.is_stopping()
@@ -575,6 +690,7 @@ impl Stopper {
         if state.closed {
             return false;
         }
+        register(name);
         state.segments.push(name.to_owned());
         true
     }
@@ -1005,6 +1121,7 @@ fn call(
                     "RuntimeError: the manager is shutting down; the segment is not tracked".into(),
                 );
             }
+            register(name);
             state.segments.push(name.to_owned());
             Ok(PyValue::None)
         }
@@ -1020,7 +1137,16 @@ fn call(
                 state.segments.remove(at);
             }
             let name = segment_name(target)?;
-            crate::unlink(name).map_err(|e| os_error_line(&e))?;
+            let unlinked = crate::unlink(name);
+            if matches!(unlinked, Ok(()) | Err(Error::NotFound { .. })) {
+                // Under the lock, so that a concurrent track of the same
+                // name is either still listed here or registers after.
+                let state = shared.state();
+                if !state.segments.iter().any(|n| n == name) {
+                    crate::tracker::unregister(name);
+                }
+            }
+            unlinked.map_err(|e| os_error_line(&e))?;
             Ok(PyValue::None)
         }
         Func::ListSegments => Ok(PyValue::List(
