@@ -387,3 +387,33 @@ fn decoder_attacks_are_refused_within_a_few_times_the_frame() {
         );
     }
 }
+
+/// `serve` registers each segment it tracks with its own leak tracker, so
+/// `shmkit ls` names it as the owner; stopping unlinks and unregisters it,
+/// and its tracker warns of no leak.
+#[test]
+fn tracked_segments_are_registered_under_serves_pid() {
+    use shmkit::manager::{Address, Client};
+    let serve = Serve::start(&[]);
+    let key = std::fs::read(&serve.authkey_file).unwrap();
+    let client = Client::new(Address::Unix(serve.socket()), &key);
+    let shm = shmkit::SharedMemory::create(4096).unwrap();
+    let name = shm.name().to_owned();
+    client.track_segment(&name).unwrap();
+    drop(shm);
+    let owners = |name: &str| -> Vec<i32> {
+        shmkit::tracker::registered()
+            .into_iter()
+            .filter(|r| r.names.iter().any(|n| n == name))
+            .map(|r| r.pid)
+            .collect()
+    };
+    assert_eq!(owners(&name), [serve.pid() as i32]);
+    serve.signal(Signal::TERM);
+    let (ok, log) = serve.wait();
+    assert!(ok, "{log}");
+    assert!(!shmkit::exists(&name));
+    assert!(wait_for(Duration::from_secs(5), || owners(&name).is_empty()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!log.contains("leaked"), "{log}");
+}
