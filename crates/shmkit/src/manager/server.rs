@@ -384,6 +384,9 @@ impl Shared {
         let processes = crate::inspect::Processes::scan(&segments);
         let (mut unlinked, mut kept) = (0usize, 0usize);
         for segment in &segments {
+            // Processes whose descriptors could not be read may be users
+            // too (those whose mappings alone could not be read are judged
+            // by their descriptors, as `inspect` explains).
             let used = match processes.usage(segment) {
                 crate::inspect::Usage::InUse => true,
                 crate::inspect::Usage::Leaked => false,
