@@ -511,6 +511,8 @@ fn manager_keeping_parent_role() {
     );
     std::io::stdout().flush().unwrap();
     std::thread::sleep(Duration::from_secs(60));
+    let _ = user.kill();
+    let _ = user.wait();
     panic!("was not killed");
 }
 
