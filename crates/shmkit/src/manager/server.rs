@@ -240,12 +240,14 @@ impl ServerOptions {
     /// let mut parent = Command::new("cat").stdin(Stdio::piped()).spawn()?;
     /// let server = Server::options().watch_process(parent.id()).bind()?.spawn()?;
     /// let shm = shmkit::SharedMemory::create(16)?;
-    /// Client::new(server.address().clone(), server.authkey()).track_segment(shm.name())?;
+    /// let name = shm.name().to_owned();
+    /// Client::new(server.address().clone(), server.authkey()).track_segment(&name)?;
+    /// drop(shm); // nothing uses it any more
     ///
     /// drop(parent.stdin.take()); // the "parent" exits...
     /// parent.wait()?;
     /// server.join()?; // ...so the server stops by itself,
-    /// assert!(!shmkit::exists(shm.name())); // having unlinked the segment
+    /// assert!(!shmkit::exists(&name)); // having unlinked the unused segment
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn watch_process(mut self, pid: u32) -> Self {
