@@ -417,3 +417,33 @@ fn tracked_segments_are_registered_under_serves_pid() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!log.contains("leaked"), "{log}");
 }
+
+/// Eight clients send a 16 MiB attack each at once: the requests share the
+/// server's request memory (256 MiB with their decoding), so the peak
+/// resident set stays far below eight times one attack's, and each client
+/// still gets its traceback.
+#[test]
+fn concurrent_decoder_attacks_share_one_memory_bound() {
+    let serve = Serve::start(&[]);
+    let (_, attack) = decoder_attacks().remove(0);
+    let attack = std::sync::Arc::new(attack);
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let attack = std::sync::Arc::clone(&attack);
+                let mut conn = serve.connect();
+                scope.spawn(move || {
+                    conn.send_bytes(&attack).unwrap();
+                    conn.recv().unwrap().repr()
+                })
+            })
+            .collect();
+        for client in clients {
+            let reply = client.join().unwrap();
+            assert!(reply.contains("UnpicklingError"), "{reply}");
+        }
+    });
+    let peak = serve.status_kib("VmHWM") >> 10;
+    eprintln!("serve after 8 concurrent 16 MiB attacks: peak RSS {peak} MiB");
+    assert!(peak <= 320, "peak RSS {peak} MiB");
+}
