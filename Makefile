@@ -52,9 +52,12 @@ bench-quick: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 
 # Every decoder of outside bytes has a cargo-fuzz target; each runs for
 # FUZZ_SECONDS. The toolchain here is stable, so RUSTC_BOOTSTRAP lets
-# cargo-fuzz use the sanitizer flags it needs.
+# cargo-fuzz use the sanitizer flags it needs. cargo-fuzz has no --locked,
+# so the lock file is checked first: fuzzing never rewrites it.
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@cd fuzz && cargo metadata --locked --format-version 1 >/dev/null \
+	  || { echo "FAIL: fuzz/Cargo.lock is out of date: run 'cargo update -w' in fuzz/ and commit it"; exit 1; }
 	@cd fuzz && for t in $$(cargo fuzz list); do \
 	  mkdir -p corpus/$$t target; \
 	  echo "=== fuzzing $$t for $(FUZZ_SECONDS) s ==="; \

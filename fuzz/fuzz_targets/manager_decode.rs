@@ -7,4 +7,8 @@
 #[path = "../common/manager_decode.rs"]
 mod manager_decode;
 
+/// Counts allocations, so the target can assert the decoder's budget.
+#[global_allocator]
+static ALLOC: manager_decode::Counting = manager_decode::Counting;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| manager_decode::run(data));

@@ -444,3 +444,120 @@ def test_import_shmkit_does_not_import_the_manager():
         "assert shmkit.SharedMemoryManager is sys.modules['shmkit.managers'].SharedMemoryManager"
     )
     assert proc.returncode == 0, h.describe(proc)
+
+
+def _ls_entry(name):
+    """``shmkit ls --json``'s entry for ``name``, or None."""
+    out = subprocess.run(
+        [sys.executable, "-m", "shmkit", "ls", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=h.child_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    listing = json.loads(out.stdout)
+    entries = listing["segments"] if isinstance(listing, dict) else listing
+    return next((e for e in entries if e["name"] == name), None)
+
+
+@pytest.mark.parametrize("program", [None, ""], ids=["native", "forked"])
+def test_a_managers_segments_are_tracked_by_the_manager(managers, program):
+    """A segment whose creator closed it belongs to the live manager: ``ls``
+    shows the manager process's pid tracking it, not a leak; shutdown
+    unlinks it and no leak is reported."""
+    env = h.child_env()
+    if program is not None:
+        env["SHMKIT_MANAGER_PROGRAM"] = program
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys
+                from shmkit.managers import SharedMemoryManager
+                smm = SharedMemoryManager()
+                smm.start()
+                shm = smm.SharedMemory(4096)
+                shm.close()
+                smm.list_segments()   # waits until the manager tracks it
+                print(smm._process.pid, shm.name, flush=True)
+                sys.stdin.readline()
+                smm.shutdown()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        pid, name = child.stdout.readline().split()
+        entry = _ls_entry(name)
+        assert entry is not None and entry["tracked_by"] == [int(pid)], entry
+        assert entry["state"] != "leaked", entry
+        child.stdin.write("\n")
+        child.stdin.flush()
+        _, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err
+        assert not h.segment_exists(name)
+        assert "leaked" not in err, err
+    finally:
+        child.kill()
+        child.communicate()
+
+
+def test_parent_sigkill_spares_a_segment_a_live_process_maps(managers):
+    """The manager's parent dies while another process maps one of its
+    segments: that one survives (with its data), and the unused one is
+    unlinked at once. The user here is a shmkit process; whether the
+    manager's own leak tracker later spares a stdlib user too is the
+    tracker's rule, tested with the tracker."""
+    child = _start_child(
+        """
+        import subprocess, sys, time
+        from shmkit.managers import SharedMemoryManager
+        smm = SharedMemoryManager()
+        smm.start()
+        used, unused = smm.SharedMemory(4096), smm.SharedMemory(4096)
+        user = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys, time\\n"
+             "from shmkit.shared_memory import SharedMemory\\n"
+             "s = SharedMemory(sys.argv[1])\\n"
+             "s.buf[:2] = b'ok'\\n"
+             "print('mapped', flush=True)\\n"
+             "time.sleep(60)\\n",
+             used.name],
+            stdout=subprocess.PIPE, text=True)
+        assert user.stdout.readline() == "mapped\\n"
+        smm.list_segments()
+        print(user.pid, used.name, unused.name, flush=True)
+        time.sleep(60)
+        """
+    )
+    user = used = None
+    try:
+        user, used, unused = child.stdout.readline().split()
+        child.kill()
+        child.wait()
+        assert wait_gone([unused], 2.0), unused
+        time.sleep(0.3)
+        assert h.segment_exists(used), "a segment a live process maps was unlinked"
+        assert h.segment_bytes(used)[:2] == b"ok"
+        # Its user's death leaves it to the user's own tracker: gone too.
+        os.kill(int(user), signal.SIGKILL)
+        user = None
+        assert wait_gone([used], 2.0), used
+    finally:
+        child.kill()
+        child.communicate()
+        if user is not None:
+            os.kill(int(user), signal.SIGKILL)
+        if used is not None:
+            h.remove_segment(used)

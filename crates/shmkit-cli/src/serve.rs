@@ -7,6 +7,14 @@
 //! connection to it byte for byte, reading the frames as they pass, so that
 //! it can log one line per connection (peer, function, outcome) without
 //! taking part in the protocol: clients authenticate with the server itself.
+//!
+//! Each connection costs two threads here (one per direction) and one in
+//! the server. At most [`MAX_CONNECTIONS`] are relayed at once; more wait
+//! in the listen backlog. When the server ends a connection (answered, or
+//! silent past the idle limit), the relay shuts the client's socket too, so
+//! that a client that never speaks cannot keep a thread blocked reading it.
+//! The idle limit is the server's 60 s; tests shorten it with the
+//! environment variable `SHMKIT_SERVE_IDLE_SECONDS`.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -18,7 +26,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use shmkit::manager::{frame, pickle, Address, PyValue, Server, Stream};
+use shmkit::manager::{frame, pickle, Address, PyValue, Server, Stream, MAX_CONNECTIONS};
+
+/// The environment variable that sets the idle limit in seconds (for tests).
+const IDLE_ENV: &str = "SHMKIT_SERVE_IDLE_SECONDS";
+
+/// Frames longer than this are relayed but not kept for the log: a log line
+/// needs only the function's name, and a hostile client must not make this
+/// process hold and decode its frames on top of what the server does.
+const LOG_FRAME_MAX: usize = 64 << 10;
 
 /// What `serve` was asked for on the command line.
 pub struct Args {
@@ -147,8 +163,15 @@ pub fn run(args: Args) -> Result<(), String> {
     let (listener, address) = listen(&args, &mut cleanup)?;
 
     // The native server, on a socket only this user can reach.
-    let server = Server::options()
-        .authkey(&key)
+    let mut options = Server::options().authkey(&key);
+    if let Some(idle) = std::env::var(IDLE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+    {
+        options = options.timeout(Some(idle));
+    }
+    let server = options
         .bind()
         .map_err(|e| format!("cannot start the server: {e}"))?;
     let inner = server.address().clone();
@@ -225,6 +248,10 @@ const RELAY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn accept_loop(listener: Listener, inner: Address) {
     loop {
+        // At the limit, new connections wait in the backlog.
+        while RELAYS.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let accepted = match &listener {
             Listener::Unix(l) => l.accept().map(|(s, a)| {
                 let peer = unix_peer(&s).unwrap_or_else(|| format!("{a:?}"));
@@ -282,7 +309,7 @@ fn pump(mut from: Stream, mut to: Stream) -> Seen {
         if parsing {
             pending.extend_from_slice(&buf[..n]);
             loop {
-                match frame::decode(&pending, frame::DEFAULT_MAX_LEN) {
+                match frame::decode(&pending, LOG_FRAME_MAX) {
                     Ok(Some((payload, used))) => {
                         seen.frames.push(payload.to_vec());
                         pending.drain(..used);
@@ -322,12 +349,17 @@ fn relay(client: Stream, peer: String, inner: &Address) {
             return;
         }
     };
-    let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+    let (Ok(client2), Ok(client3), Ok(server2)) =
+        (client.try_clone(), client.try_clone(), server.try_clone())
+    else {
         tracing::warn!(%peer, "cannot clone sockets");
         return;
     };
     let upstream = std::thread::spawn(move || pump(client2, server2));
     let down = pump(server, client);
+    // The server is done with this connection; so is the client, whether or
+    // not it says so: this ends the upstream pump's read.
+    client3.shutdown();
     let up = upstream.join().unwrap_or_default();
     let (function, outcome) = describe(&up, &down);
     tracing::info!(

@@ -451,6 +451,129 @@ fn manager_parent_role() {
     panic!("was not killed");
 }
 
+const USER_ENV: &str = "SHMKIT_MANAGER_TEST_USER";
+const KEEP_ENV: &str = "SHMKIT_MANAGER_TEST_KEEP";
+
+/// A process that attaches to segment `$USER_ENV` (tracked, as a shmkit
+/// process does by default in Python), says so, and waits to be killed.
+#[test]
+#[ignore = "child role: the user of a managed segment in parent_sigkill_spares"]
+fn manager_user_role() {
+    let Some(name) = std::env::var_os(USER_ENV) else {
+        panic!("run by parent_sigkill_spares_what_a_live_process_maps only");
+    };
+    let shm = SharedMemory::options()
+        .track(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    println!("{REPORT} attached {}", shm.name());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    panic!("was not killed");
+}
+
+/// A parent that starts a manager process, makes two segments through it,
+/// starts a user of the first, reports, and waits to be killed.
+#[test]
+#[ignore = "child role: the parent that parent_sigkill_spares kills"]
+fn manager_keeping_parent_role() {
+    assert!(
+        std::env::var_os(KEEP_ENV).is_some(),
+        "run by parent_sigkill_spares_what_a_live_process_maps only"
+    );
+    let smm = SharedMemoryManager::start_process(child_command(), ServerOptions::new()).unwrap();
+    let used = smm.shared_memory(4096).unwrap();
+    let unused = smm.shared_memory(4096).unwrap();
+    let mut user = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "manager_user_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(USER_ENV, used.name())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(user.stdout.take().unwrap()).lines();
+    lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains(REPORT))
+        .expect("the user attaches");
+    println!(
+        "{REPORT} {} {} {} {}",
+        smm.process_id().unwrap(),
+        user.id(),
+        used.name(),
+        unused.name()
+    );
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    let _ = user.kill();
+    let _ = user.wait();
+    panic!("was not killed");
+}
+
+/// The parent of a manager process is killed while another process maps
+/// one of its segments: the manager unlinks only the unused one, the used
+/// one stays (registered under the manager's pid while its watcher lives),
+/// and once its user is killed too, it is gone within 2 s.
+#[test]
+fn parent_sigkill_spares_what_a_live_process_maps() {
+    {
+        let mut parent = KillOnDrop(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--ignored",
+                    "--exact",
+                    "manager_keeping_parent_role",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(KEEP_ENV, "1")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let report = BufReader::new(parent.0.stdout.take().unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .find_map(|l| l.split_once(REPORT).map(|(_, rest)| rest.to_owned()))
+            .expect("the parent role reports");
+        let fields: Vec<&str> = report.split_whitespace().collect();
+        let manager_pid: u32 = fields[0].parse().unwrap();
+        let user_pid: i32 = fields[1].parse().unwrap();
+        let (used, unused) = (fields[2].to_owned(), fields[3].to_owned());
+        let _guards = [Unlink(used.clone()), Unlink(unused.clone())];
+        let user = rustix::process::Pid::from_raw(user_pid).unwrap();
+        struct KillPid(rustix::process::Pid);
+        impl Drop for KillPid {
+            fn drop(&mut self) {
+                let _ = rustix::process::kill_process(self.0, rustix::process::Signal::KILL);
+            }
+        }
+        let user_guard = KillPid(user);
+
+        parent.0.kill().unwrap();
+        parent.0.wait().unwrap();
+        let unlinked = wait_until(Duration::from_secs(2), || !shmkit::exists(&unused));
+        assert!(unlinked.is_some(), "the unused segment was not unlinked");
+        assert!(
+            wait_until(Duration::from_secs(2), || exited(manager_pid)).is_some(),
+            "the manager did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(shmkit::exists(&used), "a segment in use was unlinked");
+
+        drop(user_guard);
+        let gone = wait_until(Duration::from_secs(2), || !shmkit::exists(&used));
+        eprintln!("unused unlinked in {unlinked:?}; used gone {gone:?} after its user's death");
+        assert!(gone.is_some(), "the used segment outlived its last user");
+    }
+}
+
 #[test]
 fn parent_sigkill_unlinks_everything_within_two_seconds() {
     let mut parent = KillOnDrop(
@@ -542,6 +665,114 @@ fn a_manager_process_shuts_down_cleanly() {
     smm.shutdown().unwrap();
     assert!(exited(pid));
     assert!(!shmkit::exists(list.shm().name()));
+}
+
+/// The pids whose shmkit leak trackers list segment `name`.
+fn registered_by(name: &str) -> Vec<i32> {
+    shmkit::tracker::registered()
+        .into_iter()
+        .filter(|r| r.names.iter().any(|n| n == name))
+        .map(|r| r.pid)
+        .collect()
+}
+
+/// A manager process registers each segment it tracks with its own leak
+/// tracker, so `registered()` (and `shmkit ls`) name it as the owner of a
+/// segment its creator closed; a normal shutdown unlinks and unregisters
+/// it, and nothing warns of a leak.
+#[test]
+fn a_manager_process_registers_what_it_tracks() {
+    let log = std::env::temp_dir().join(format!("shmkit-manager-stderr-{}", std::process::id()));
+    let mut cmd = child_command();
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let mut smm = SharedMemoryManager::start_process(cmd, ServerOptions::new()).unwrap();
+    let pid = smm.process_id().unwrap() as i32;
+    let shm = smm.shared_memory(4096).unwrap();
+    let name = shm.name().to_owned();
+    let _guard = Unlink(name.clone());
+    shm.close();
+    assert!(shmkit::exists(&name));
+    assert_eq!(registered_by(&name), [pid]);
+    // Released: unlinked and no longer registered.
+    let other = smm.shared_memory(64).unwrap();
+    let other_name = other.name().to_owned();
+    let _other_guard = Unlink(other_name.clone());
+    drop(other);
+    assert_eq!(registered_by(&other_name), [pid]);
+    smm.client().release_segment(&other_name).unwrap();
+    assert!(!shmkit::exists(&other_name));
+    assert!(registered_by(&other_name).is_empty());
+
+    smm.shutdown().unwrap();
+    assert!(!shmkit::exists(&name));
+    // The manager's watcher has seen it exit and found nothing to do.
+    assert!(wait_until(Duration::from_secs(5), || registered_by(&name).is_empty()).is_some());
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(!stderr.contains("leaked"), "{stderr}");
+}
+
+/// A manager on a thread registers with this process's tracker; one that
+/// tracks nothing starts no watcher of its own making.
+#[test]
+fn a_thread_manager_registers_under_this_process() {
+    let smm = SharedMemoryManager::start().unwrap();
+    let shm = smm.shared_memory(64).unwrap();
+    let name = shm.name().to_owned();
+    let _guard = Unlink(name.clone());
+    drop(shm);
+    assert!(registered_by(&name).contains(&(std::process::id() as i32)));
+    drop(smm);
+    assert!(!shmkit::exists(&name));
+    assert!(registered_by(&name).is_empty());
+}
+
+/// `VmHWM` (peak resident set) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        >> 10
+}
+
+/// Requests of 16 MiB of cheap opcodes that each build a value (a list of
+/// `None`s, a chain of one-item tuples) are refused with CPython's shape,
+/// an `UnpicklingError` in a traceback, and the manager process's peak
+/// resident set stays within a few times the frame.
+#[test]
+fn a_manager_process_refuses_decoder_attacks_within_a_few_times_the_frame() {
+    let mut smm =
+        SharedMemoryManager::start_process(child_command(), ServerOptions::new()).unwrap();
+    let pid = smm.process_id().unwrap();
+    let n = 16 << 20;
+    let mut nones = b"\x80\x04](".to_vec();
+    nones.extend(std::iter::repeat_n(b'N', n - 6));
+    nones.extend_from_slice(b"e.");
+    let mut chain = b"\x80\x04N".to_vec();
+    chain.extend(std::iter::repeat_n(0x85, n - 4));
+    chain.push(b'.');
+    for (what, attack) in [("APPENDS of None", nones), ("TUPLE1 chain", chain)] {
+        let mut conn = smm.client().open().unwrap();
+        conn.send_bytes(&attack).unwrap();
+        let reply = conn.recv().unwrap();
+        let peak = peak_rss_mib(pid);
+        eprintln!("manager process after {what} (16 MiB): peak RSS {peak} MiB");
+        let items = reply.as_sequence().unwrap();
+        assert_eq!(items[0], PyValue::from("#TRACEBACK"), "{what}");
+        let tb = items[1].as_str().unwrap();
+        assert!(
+            tb.contains("UnpicklingError") && tb.contains("too large"),
+            "{tb}"
+        );
+        assert!(peak <= 8 * 16 + 64, "{what}: peak RSS {peak} MiB");
+    }
+    smm.client().dummy().unwrap();
+    smm.shutdown().unwrap();
 }
 
 #[test]
@@ -831,6 +1062,11 @@ fn the_rust_client_uses_cpython_servers() {
 #[path = "../../../fuzz/common/manager_decode.rs"]
 mod manager_decode;
 
+/// Counts allocations per thread, so that the fuzz body can check the
+/// decoder's budget here too.
+#[global_allocator]
+static ALLOC: manager_decode::Counting = manager_decode::Counting;
+
 mod fuzz_body {
     use super::manager_decode;
     use proptest::prelude::*;
@@ -862,6 +1098,41 @@ mod fuzz_body {
             frame::write(&mut out, &pickle::dumps(v)).unwrap();
         }
         out
+    }
+
+    /// The attacks that cost a hundred times their size before there was a
+    /// budget, checked against the peak allocation bound (a megabyte each).
+    #[test]
+    fn value_building_attacks_stay_within_the_allocation_bound() {
+        let n = 1 << 20;
+        let mut nones = b"\x80\x04](".to_vec();
+        nones.extend(std::iter::repeat_n(b'N', n));
+        nones.extend_from_slice(b"e.");
+        let mut chain = b"\x80\x04N".to_vec();
+        chain.extend(std::iter::repeat_n(0x85, n));
+        chain.push(b'.');
+        let mut gets = b"\x80\x04]\x94](".to_vec();
+        for _ in 0..n / 2 {
+            gets.extend_from_slice(b"h\x00");
+        }
+        gets.extend_from_slice(b"e.");
+        let mut puts = b"\x80\x04](".to_vec();
+        for _ in 0..n / 2 {
+            puts.extend_from_slice(b"N\x94");
+        }
+        puts.extend_from_slice(b"e.");
+        for (what, data) in [
+            ("APPENDS of None", &nones),
+            ("TUPLE1 chain", &chain),
+            ("BINGET", &gets),
+            ("MEMOIZE", &puts),
+        ] {
+            let peak = manager_decode::check_pickle(data);
+            eprintln!("{what}: {} bytes, decoder peak {peak} bytes", data.len());
+        }
+        // The counting allocator is really installed: a vector counts.
+        let (_, peak) = manager_decode::peak_during(|| vec![0u8; 4096]);
+        assert!(peak >= 4096);
     }
 
     proptest! {

@@ -223,6 +223,18 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Shuts both directions: the peer's reads see end of file, and a read
+    /// blocked on this socket in another thread returns at once. Errors, as
+    /// on an already closed socket, are ignored.
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -92,6 +92,18 @@ impl Connection {
         Ok(frame::read(&mut self.stream, max_len)?)
     }
 
+    /// Reads the next message's header: the length of its payload, at most
+    /// [`max_message_len`](Self::max_message_len). The payload is read by
+    /// [`recv_payload`](Self::recv_payload).
+    pub(crate) fn recv_len(&mut self) -> Result<usize> {
+        Ok(frame::read_len(&mut self.stream, self.max_len)?)
+    }
+
+    /// Reads the `len`-byte payload announced by [`recv_len`](Self::recv_len).
+    pub(crate) fn recv_payload(&mut self, len: usize) -> Result<Vec<u8>> {
+        Ok(frame::read_payload(&mut self.stream, len)?)
+    }
+
     /// Pickles `value` (protocol 4) and sends it.
     pub fn send(&mut self, value: &PyValue) -> Result<()> {
         self.send_bytes(&pickle::dumps(value))

@@ -104,6 +104,15 @@ fn check_len(len: u64, max_len: usize) -> Result<usize, ManagerError> {
 /// peer closed between messages, CPython's `EOFError`); anywhere later it is
 /// [`ManagerError::Truncated`].
 pub fn read<R: Read>(r: &mut R, max_len: usize) -> Result<Vec<u8>, ManagerError> {
+    let len = read_len(r, max_len)?;
+    read_payload(r, len)
+}
+
+/// Reads a frame's header from `r` and returns the payload length it
+/// announces, refusing one over `max_len`; [`read_payload`] then reads the
+/// payload. Split from [`read`] for a reader that must set memory aside for
+/// the payload before receiving it.
+pub fn read_len<R: Read>(r: &mut R, max_len: usize) -> Result<usize, ManagerError> {
     let mut short = [0u8; 4];
     match read_full(r, &mut short)? {
         0 => return Err(ManagerError::Eof),
@@ -122,7 +131,11 @@ pub fn read<R: Read>(r: &mut R, max_len: usize) -> Result<Vec<u8>, ManagerError>
     } else {
         short as u64
     };
-    let len = check_len(len, max_len)?;
+    check_len(len, max_len)
+}
+
+/// Reads the `len`-byte payload of a frame whose header [`read_len`] read.
+pub fn read_payload<R: Read>(r: &mut R, len: usize) -> Result<Vec<u8>, ManagerError> {
     // Grow with what arrives, so a peer that announces 64 MiB and sends
     // nothing costs nothing.
     let mut payload = Vec::with_capacity(len.min(64 << 10));

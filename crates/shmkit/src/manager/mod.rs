@@ -20,8 +20,10 @@
 //! every segment even when some are already gone (CPython stops at the
 //! first failure and never stops the server), and a server can
 //! [watch](ServerOptions::watch_process) the process that started it, so
-//! that the parent's death, even by `SIGKILL`, unlinks everything within
-//! moments.
+//! that the parent's death, even by `SIGKILL`, unlinks within moments
+//! everything no live process still uses. Each segment a server tracks is
+//! registered with its process's leak tracker, so that tools that read the
+//! trackers ([`crate::tracker::registered`], `shmkit ls`) see who owns it.
 //!
 //! ```
 //! use shmkit::manager::{Client, SharedMemoryManager};
@@ -61,7 +63,9 @@ pub use error::ManagerError;
 pub use pickle::{PickleError, PickleProblem, PyValue};
 pub use process::{serve_child, CHILD_ENV};
 pub use relay::serve_child_relay;
-pub use server::{random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT};
+pub use server::{
+    random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT, MAX_CONNECTIONS,
+};
 pub use shared_memory_manager::SharedMemoryManager;
 
 /// Makes `SIGINT` harmless to this process, as CPython's manager process

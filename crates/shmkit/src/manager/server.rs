@@ -19,7 +19,7 @@ use super::auth::{self, AuthKey, ChallengeKind};
 use super::connection::Connection;
 use super::error::ManagerError;
 use super::frame;
-use super::pickle::PyValue;
+use super::pickle::{self, PyValue};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -29,6 +29,106 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a stopping server waits for requests already being answered.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connections a server answers at once, each on a thread with a
+/// descriptor; further ones wait in the listen backlog until one ends (a
+/// silent one ends at the idle limit). CPython's server has no such limit,
+/// but nothing a manager does needs more, and without it every connection
+/// that says nothing pins a thread.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// What requests being received and decoded may hold together, at least:
+/// see [`Pool`].
+const REQUEST_MEMORY: usize = 256 << 20;
+
+/// How often a server with [`MAX_CONNECTIONS`] connections looks again.
+const FULL_POLL: Duration = Duration::from_millis(20);
+
+/// Memory shared by all connections' requests. Before a request's payload
+/// is read, its connection sets aside the payload's length plus what the
+/// decoder may spend on it ([`request_budget`]), and waits while the
+/// pool cannot give that much. The connection cap alone would not bound
+/// memory ([`MAX_CONNECTIONS`] connections each sending a longest request
+/// would each be paid in full), and this pool alone would not bound threads:
+/// hence both. The pool is never smaller than one longest request needs,
+/// so every request the server accepts can be served.
+#[derive(Debug)]
+struct Pool {
+    used: Mutex<usize>,
+    freed: Condvar,
+    size: usize,
+}
+
+/// Decoder memory per byte of a request. Every request a manager serves is
+/// a function name and a segment name or two, a few hundred bytes at most,
+/// which the fixed [`pickle::BUDGET_BASE`] covers many times over; so
+/// requests get a quarter of [`pickle::decode_budget`]'s allowance, and a
+/// long pickle of cheap opcodes is refused after a few times its size.
+const REQUEST_BUDGET_PER_BYTE: usize = 4;
+
+/// The decoder's budget for a request of `len` bytes.
+fn request_budget(len: usize) -> usize {
+    len.saturating_mul(REQUEST_BUDGET_PER_BYTE)
+        .saturating_add(pickle::BUDGET_BASE)
+}
+
+/// What one request costs the [`Pool`]: its payload and the decoder's
+/// budget for it.
+fn request_cost(len: usize) -> usize {
+    len.saturating_add(request_budget(len))
+}
+
+impl Pool {
+    fn for_requests_up_to(max_len: usize) -> Pool {
+        Pool {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            size: REQUEST_MEMORY.max(request_cost(max_len)),
+        }
+    }
+
+    /// Sets `cost` bytes aside, waiting at most `timeout` (forever with
+    /// `None`) for other requests to give them back.
+    fn take(&self, cost: usize, timeout: Option<Duration>) -> Option<Taken<'_>> {
+        let used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let short = |used: &mut usize| used.saturating_add(cost) > self.size;
+        let mut used = match timeout {
+            Some(t) => {
+                let (guard, waited) = self
+                    .freed
+                    .wait_timeout_while(used, t, short)
+                    .unwrap_or_else(PoisonError::into_inner);
+                if waited.timed_out() && guard.saturating_add(cost) > self.size {
+                    return None;
+                }
+                guard
+            }
+            None => self
+                .freed
+                .wait_while(used, short)
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+        *used += cost;
+        Some(Taken { pool: self, cost })
+    }
+}
+
+/// Bytes set aside in a [`Pool`], given back when dropped.
+struct Taken<'a> {
+    pool: &'a Pool,
+    cost: usize,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        *self
+            .pool
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) -= self.cost;
+        self.pool.freed.notify_all();
+    }
+}
 
 /// Settings for a [`Server`]; [`bind`](Self::bind) makes one.
 ///
@@ -126,8 +226,10 @@ impl ServerOptions {
     }
 
     /// Watches process `pid`: when it exits, even by `SIGKILL`, the server
-    /// unlinks every segment it tracks and stops. Meant for the parent that
-    /// started a manager process, so that its death cannot leak segments.
+    /// unlinks every segment it tracks that no live process still uses, and
+    /// stops (the others stay registered with this process's leak tracker,
+    /// which removes them once unused). Meant for the parent that started a
+    /// manager process, so that its death cannot leak segments.
     /// On Linux this is a `pidfd`, so the server learns at once.
     ///
     /// ```
@@ -138,12 +240,14 @@ impl ServerOptions {
     /// let mut parent = Command::new("cat").stdin(Stdio::piped()).spawn()?;
     /// let server = Server::options().watch_process(parent.id()).bind()?.spawn()?;
     /// let shm = shmkit::SharedMemory::create(16)?;
-    /// Client::new(server.address().clone(), server.authkey()).track_segment(shm.name())?;
+    /// let name = shm.name().to_owned();
+    /// Client::new(server.address().clone(), server.authkey()).track_segment(&name)?;
+    /// drop(shm); // nothing uses it any more
     ///
     /// drop(parent.stdin.take()); // the "parent" exits...
     /// parent.wait()?;
     /// server.join()?; // ...so the server stops by itself,
-    /// assert!(!shmkit::exists(shm.name())); // having unlinked the segment
+    /// assert!(!shmkit::exists(&name)); // having unlinked the unused segment
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn watch_process(mut self, pid: u32) -> Self {
@@ -165,6 +269,7 @@ impl ServerOptions {
                 state: Mutex::new(State::default()),
                 stop,
                 active: (Mutex::new(0), Condvar::new()),
+                requests: Pool::for_requests_up_to(self.max_message_len),
             }),
             config: Arc::new(Config {
                 authkey,
@@ -208,8 +313,11 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Readable once the server is stopping.
     stop: OwnedFd,
-    /// Connections being handled, to let them finish before the end.
+    /// Connections being handled, to let them finish before the end, and
+    /// to keep them under [`MAX_CONNECTIONS`].
     active: (Mutex<usize>, Condvar),
+    /// Memory for the requests being read.
+    requests: Pool,
 }
 
 #[derive(Debug, Default)]
@@ -239,15 +347,68 @@ impl Shared {
         };
         let mut failed = 0usize;
         for name in &names {
-            match crate::unlink(name) {
-                Ok(()) | Err(Error::NotFound { .. }) => {}
+            failed += usize::from(!unlink_tracked(name));
+        }
+        tracing::debug!(count = names.len(), failed, "manager unlinked its segments");
+    }
+
+    /// What the death of the watched process does: refuses further
+    /// tracking, and unlinks every tracked segment that no live process
+    /// still maps, holds open or locks. The others are left in place and
+    /// stay registered with this process's leak tracker, whose watcher (or
+    /// their users' own trackers) removes them once unused; a `shutdown`
+    /// still unlinks everything, as CPython's does.
+    ///
+    /// A process this one cannot inspect (another user's, without root)
+    /// counts as a user of every segment it would be allowed to open.
+    pub(crate) fn close_and_unlink_unused(&self) {
+        let mut names = {
+            let mut state = self.state();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            std::mem::take(&mut state.segments)
+        };
+        names.sort_unstable();
+        names.dedup();
+        let mut segments = Vec::with_capacity(names.len());
+        for name in &names {
+            match crate::inspect::segment(name) {
+                Ok(segment) => segments.push(segment),
+                Err(Error::NotFound { .. }) => crate::tracker::unregister(name),
+                // Not a segment we can judge: left as it is, still registered.
                 Err(e) => {
-                    failed += 1;
-                    tracing::warn!(segment = %name, error = %e, "manager could not unlink a segment");
+                    tracing::warn!(segment = %name, error = %e, "manager left a segment it could not inspect")
                 }
             }
         }
-        tracing::debug!(count = names.len(), failed, "manager unlinked its segments");
+        let processes = crate::inspect::Processes::scan(&segments);
+        let (mut unlinked, mut kept) = (0usize, 0usize);
+        for segment in &segments {
+            // Processes whose descriptors could not be read may be users
+            // too (those whose mappings alone could not be read are judged
+            // by their descriptors, as `inspect` explains).
+            let used = match processes.usage(segment) {
+                crate::inspect::Usage::InUse => true,
+                crate::inspect::Usage::Leaked => false,
+                crate::inspect::Usage::Unknown => processes
+                    .unreadable()
+                    .iter()
+                    .any(|&pid| could_open(pid, segment)),
+            };
+            if used {
+                kept += 1;
+                tracing::info!(segment = %segment.name, "manager left a segment still in use");
+            } else if unlink_tracked(&segment.name) {
+                unlinked += 1;
+            }
+        }
+        tracing::debug!(
+            unlinked,
+            kept,
+            "manager cleaned up after its watched process"
+        );
     }
 
     /// Wakes the accept loop (and the watcher) for good.
@@ -261,6 +422,10 @@ impl Shared {
         self.stop.as_fd()
     }
 
+    fn active(&self) -> usize {
+        *self.active.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn is_stopping(&self) -> bool {
         sys::wait_readable(&[self.stop.as_fd()], Some(Duration::ZERO))
             .map(|r| r[0])
@@ -272,6 +437,50 @@ impl Shared {
         self.close_and_unlink();
         self.signal_stop();
     }
+
+    /// Unlinks what nobody uses any more, then stops: see
+    /// [`close_and_unlink_unused`](Self::close_and_unlink_unused).
+    pub(crate) fn stop_unused(&self) {
+        self.close_and_unlink_unused();
+        self.signal_stop();
+    }
+}
+
+/// Unlinks `name`, which the server tracked, and stops registering it with
+/// the leak tracker; false (with a warning) if it could not be unlinked, in
+/// which case it stays registered, for the tracker's watcher to try again.
+fn unlink_tracked(name: &str) -> bool {
+    match crate::unlink(name) {
+        Ok(()) | Err(Error::NotFound { .. }) => {
+            crate::tracker::unregister(name);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(segment = %name, error = %e, "manager could not unlink a segment");
+            false
+        }
+    }
+}
+
+/// Whether process `pid`, whose descriptors and mappings this process may
+/// not read, could have `segment` open: always if the segment lets its
+/// group or others in, else if one of the process's user ids is root's or
+/// the owner's (`/proc/PID/status` is readable by all). A process gone
+/// meanwhile could not.
+fn could_open(pid: u32, segment: &crate::inspect::Segment) -> bool {
+    if segment.mode & 0o077 != 0 {
+        return true;
+    }
+    let Ok(status) = sys::proc_read(pid, "status") else {
+        return false;
+    };
+    let status = String::from_utf8_lossy(&status);
+    let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
+        return true;
+    };
+    uids.split_whitespace()
+        .map(|u| u.parse::<u32>().ok())
+        .any(|u| u.is_none_or(|u| u == 0 || u == segment.uid))
 }
 
 impl Server {
@@ -348,19 +557,26 @@ impl Server {
         let stopper = self.stopper();
         let mut done = vec![false; sources.len()];
         loop {
-            let mut fds = vec![self.listener.as_fd(), self.shared.stop_fd()];
+            // At the connection limit, the listener is left alone (new
+            // connections wait in its backlog) and looked at again shortly.
+            let full = self.shared.active() >= MAX_CONNECTIONS;
+            let mut fds = vec![self.shared.stop_fd()];
             let live: Vec<usize> = (0..sources.len()).filter(|&i| !done[i]).collect();
             fds.extend(live.iter().map(|&i| sources[i].fd()));
-            let ready =
-                sys::wait_readable(&fds, None).map_err(|e| ManagerError::io("poll", e.into()))?;
+            if !full {
+                fds.push(self.listener.as_fd());
+            }
+            let timeout = full.then_some(FULL_POLL);
+            let ready = sys::wait_readable(&fds, timeout)
+                .map_err(|e| ManagerError::io("poll", e.into()))?;
             drop(fds);
-            if ready[1] {
+            if ready[0] {
                 return Ok(());
             }
-            for (&i, _) in live.iter().zip(&ready[2..]).filter(|(_, &r)| r) {
+            for (&i, _) in live.iter().zip(&ready[1..]).filter(|(_, &r)| r) {
                 done[i] = !sources[i].ready(&stopper);
             }
-            if !ready[0] {
+            if full || !ready[1 + live.len()] {
                 continue;
             }
             match self.listener.accept() {
@@ -418,6 +634,19 @@ impl Server {
     }
 }
 
+/// Registers `name`, which the server now tracks, with this process's leak
+/// tracker, so that `shmkit::tracker::registered()` (and `shmkit ls`) show
+/// this process as its owner, and so that its watcher removes the segment,
+/// once unused, should this process die without unlinking it. The first
+/// registration starts the watcher: a manager that tracks nothing never
+/// starts one. Called with the state locked, so that no stop can unlink
+/// (and unregister) the name between the two.
+fn register(name: &str) {
+    if let Ok(bare) = crate::name::validate(name) {
+        crate::tracker::register(bare);
+    }
+}
+
 /// Stops a [`Server`] from any thread: unlinks every segment it tracks, then
 /// ends its [`serve`](Server::serve).
 ///
@@ -446,6 +675,12 @@ impl Stopper {
         self.0.stop();
     }
 
+    /// What the death of the watched process does: unlinks the tracked
+    /// segments that no live process uses, and stops the server.
+    pub(crate) fn stop_unused(&self) {
+        self.0.stop_unused();
+    }
+
     /// Whether the server is stopping or stopped.
     pub fn is_stopped(&self) -> bool {
         self.0.is_stopping()
@@ -460,6 +695,7 @@ impl Stopper {
         if state.closed {
             return false;
         }
+        register(name);
         state.segments.push(name.to_owned());
         true
     }
@@ -590,9 +826,21 @@ fn exchange(conn: &mut Connection, shared: &Shared, config: &Config) -> Option<O
             }
         };
     }
-    let request = match conn.recv() {
-        Ok(request) => request,
+    let len = match conn.recv_len() {
+        Ok(len) => len,
         Err(Error::Manager(ManagerError::Eof)) => return None,
+        Err(e) => return Some(traceback("_handle_request", exception_line(&e))),
+    };
+    // Held until the request is answered and dropped.
+    let Some(_memory) = shared.requests.take(request_cost(len), config.timeout) else {
+        tracing::warn!(len, "manager had no memory free for a request in time");
+        return Some(traceback("_handle_request", "MemoryError".into()));
+    };
+    let request = conn.recv_payload(len).and_then(|bytes| {
+        Ok(pickle::loads_within(&bytes, request_budget(len)).map_err(ManagerError::from)?)
+    });
+    let request = match request {
+        Ok(request) => request,
         Err(e) => return Some(traceback("_handle_request", exception_line(&e))),
     };
     tracing::debug!(request = %request, "manager request");
@@ -878,6 +1126,7 @@ fn call(
                     "RuntimeError: the manager is shutting down; the segment is not tracked".into(),
                 );
             }
+            register(name);
             state.segments.push(name.to_owned());
             Ok(PyValue::None)
         }
@@ -893,7 +1142,16 @@ fn call(
                 state.segments.remove(at);
             }
             let name = segment_name(target)?;
-            crate::unlink(name).map_err(|e| os_error_line(&e))?;
+            let unlinked = crate::unlink(name);
+            if matches!(unlinked, Ok(()) | Err(Error::NotFound { .. })) {
+                // Under the lock, so that a concurrent track of the same
+                // name is either still listed here or registers after.
+                let state = shared.state();
+                if !state.segments.iter().any(|n| n == name) {
+                    crate::tracker::unregister(name);
+                }
+            }
+            unlinked.map_err(|e| os_error_line(&e))?;
             Ok(PyValue::None)
         }
         Func::ListSegments => Ok(PyValue::List(
@@ -944,7 +1202,23 @@ mod tests {
             state: Mutex::new(State::default()),
             stop: sys::event().unwrap(),
             active: (Mutex::new(0), Condvar::new()),
+            requests: Pool::for_requests_up_to(frame::DEFAULT_MAX_LEN),
         }
+    }
+
+    #[test]
+    fn the_request_pool_is_shared_and_waits() {
+        let pool = Pool::for_requests_up_to(frame::DEFAULT_MAX_LEN);
+        assert!(pool.size >= request_cost(frame::DEFAULT_MAX_LEN));
+        let all = pool.take(pool.size, None).unwrap();
+        assert!(pool.take(1, Some(Duration::from_millis(20))).is_none());
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| pool.take(1, Some(Duration::from_secs(5))).is_some());
+            std::thread::sleep(Duration::from_millis(20));
+            drop(all);
+            assert!(waiter.join().unwrap());
+        });
+        assert_eq!(*pool.used.lock().unwrap(), 0);
     }
 
     #[test]

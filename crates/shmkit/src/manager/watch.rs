@@ -1,5 +1,6 @@
 //! Watching the process that started a manager: when it dies, by any means,
-//! the server unlinks its segments and stops. CPython's manager has no such
+//! the server unlinks the segments no live process uses any more, and stops
+//! (see `Shared::close_and_unlink_unused`). CPython's manager has no such
 //! guard; a parent killed by `SIGKILL` leaves its manager's segments behind
 //! until the resource tracker notices, if it ever does.
 
@@ -29,7 +30,7 @@ impl Source for Pidfd {
 
     fn ready(&mut self, stopper: &Stopper) -> bool {
         died(self.pid);
-        stopper.stop();
+        stopper.stop_unused();
         false
     }
 }
@@ -37,7 +38,7 @@ impl Source for Pidfd {
 fn died(pid: u32) {
     tracing::warn!(
         pid,
-        "the manager's watched process died: unlinking and stopping"
+        "the manager's watched process died: unlinking what nothing uses, and stopping"
     );
 }
 
@@ -53,7 +54,7 @@ pub(crate) fn start(pid: u32, shared: &Arc<Shared>) -> Result<Option<Pidfd>> {
         Ok(fd) if !gone() => return Ok(Some(Pidfd { fd, pid })),
         Ok(_) | Err(rustix::io::Errno::SRCH) => {
             died(pid);
-            shared.stop();
+            shared.stop_unused();
             return Ok(None);
         }
         // No pidfd (Linux before 5.3, or seccomp): check periodically.
@@ -65,7 +66,7 @@ pub(crate) fn start(pid: u32, shared: &Arc<Shared>) -> Result<Option<Pidfd>> {
         .spawn(move || loop {
             if gone() {
                 died(pid);
-                shared.stop();
+                shared.stop_unused();
                 return;
             }
             if let Ok(ready) = sys::wait_readable(&[shared.stop_fd()], Some(POLL_INTERVAL)) {
