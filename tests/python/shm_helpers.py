@@ -29,6 +29,10 @@ GENERATED_NAME = re.compile(r"\Apsm_[0-9a-f]{8}\Z")
 STDLIB_MODULE = "multiprocessing.shared_memory"
 SHMKIT_MODULE = "shmkit.shared_memory"
 
+# Every CPython whose stdlib shmkit interoperates with; the interop tests run
+# a stdlib peer of each that is installed.
+SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 

@@ -1,8 +1,9 @@
 """The interop invariant: a stdlib process and this process share one segment,
 in either role.
 
-The stdlib side is ``stdlib_peer.py`` run by a separate CPython 3.11 and 3.13
-(the stdlib only, whatever this interpreter is); this side is the module
+The stdlib side is ``stdlib_peer.py`` run by a separate CPython of each
+supported version, 3.9 to 3.13 (the stdlib only, whatever this interpreter
+is); this side is the module
 under test (``impl``): with shmkit that is the cross-implementation check,
 with the stdlib it checks the peer protocol and cross-version sharing.
 """
@@ -23,7 +24,7 @@ PEER = os.path.join(h.HERE, "stdlib_peer.py")
 TIMEOUT = 30
 
 
-@pytest.fixture(params=["3.11", "3.13"])
+@pytest.fixture(params=h.SUPPORTED_PYTHONS)
 def peer_python(request):
     python = h.find_cpython(request.param)
     if python is None:

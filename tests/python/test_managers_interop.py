@@ -1,5 +1,5 @@
 """shmkit's SharedMemoryManager and the stdlib's, on the wire, in both
-directions, with CPython 3.11 and 3.13 (stdlib only) on the other side."""
+directions, with CPython 3.9-3.13 (stdlib only) on the other side."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 import shm_helpers as h
 
 
-@pytest.fixture(params=["3.11", "3.13"])
+@pytest.fixture(params=h.SUPPORTED_PYTHONS)
 def cpython(request):
     python = h.find_cpython(request.param)
     if python is None:

@@ -1,8 +1,8 @@
 """ShareableList shared between a stdlib process and this one, in either role.
 
-The stdlib side is ``stdlib_peer.py lists`` under a separate CPython 3.11
-and 3.13 (test_interop.py's Peer and fixtures); this side is the module under
-test. Values are compared one by one, with their types, and the segment's
+The stdlib side is ``stdlib_peer.py lists`` under a separate CPython of each
+supported version (test_interop.py's Peer and fixtures); this side is the
+module under test. Values are compared one by one, with their types, and the segment's
 bytes against shm_helpers' model of the layout (reference §2.1, §2.2).
 """
 
