@@ -433,7 +433,7 @@ pub(crate) fn populate_write(addr: *mut u8, len: usize) {
 /// `fcntl` lock, a family the kernel keeps apart from `flock`) on a segment
 /// it is about to clean up: "cleanup pending". It lies far past any real
 /// size, so it cannot meet a lock a program takes on its data.
-const CLEANUP_MARK_START: i64 = i64::MAX - 1;
+pub(crate) const CLEANUP_MARK_START: i64 = i64::MAX - 1;
 
 fn cleanup_mark(kind: libc::c_int) -> libc::flock {
     // SAFETY: `flock` is plain old data; all-zero is a valid value.
