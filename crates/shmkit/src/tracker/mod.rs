@@ -60,12 +60,17 @@ const ROBUST_WORD_AT: usize = HEADER - 16;
 /// Set to 1 (and woken) by a watcher once it is watching: see
 /// `watcher::launch`.
 const READY_AT: usize = HEADER - 20;
+/// 1 when the thread that holds the robust mutex is the process's main
+/// thread, whose death is the process's; 0 for another thread, which may
+/// die alone.
+const MAIN_LOCKER_AT: usize = HEADER - 24;
 /// The robust mutex itself (64 bytes reserved; a `pthread_mutex_t` is 40
 /// or 48).
 const ROBUST_AT: usize = HEADER / 2;
 const _: () = assert!(PAGES.div_ceil(64) * 8 <= ROBUST_AT);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
-const _: () = assert!(ROBUST_AT + 64 <= READY_AT && READY_AT + 4 <= ROBUST_WORD_AT);
+const _: () = assert!(ROBUST_AT + 64 <= MAIN_LOCKER_AT && MAIN_LOCKER_AT + 4 <= READY_AT);
+const _: () = assert!(READY_AT + 4 <= ROBUST_WORD_AT);
 /// The memfd name of a table, as `/proc/PID/fd` shows it (`/memfd:NAME`).
 pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
 
@@ -141,8 +146,9 @@ impl Table {
     /// thread id, in glibc and musl alike) and its offset published for the
     /// watcher; -1 (no early wake: the watcher waits for end of file) if
     /// any step fails. The wake is per thread: if the thread that first
-    /// tracked a segment exits before the process, the watcher wakes early
-    /// once for nothing and falls back to end of file.
+    /// tracked a segment is not the main thread and exits before the
+    /// process, the watcher wakes early once for nothing, sees the process
+    /// is not exiting ([`Table::main_locker`]) and falls back to end of file.
     fn arm_death_wake(&self) {
         self.robust_word_at().store(-1, Ordering::Relaxed);
         // SAFETY: the mutex lives in our fresh table mapping, which is never
@@ -175,6 +181,9 @@ impl Table {
             return;
         }
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let main = tid as i32 == rustix::process::getpid().as_raw_nonzero().get();
+        self.word(MAIN_LOCKER_AT)
+            .store(main.into(), Ordering::Relaxed);
         let words = std::mem::size_of::<libc::pthread_mutex_t>() / 4;
         if let Some(k) = (0..words).find(|&k| {
             self.word(ROBUST_AT + 4 * k).load(Ordering::Relaxed) & libc::FUTEX_TID_MASK == tid
@@ -201,6 +210,12 @@ impl Table {
     fn death_word(&self) -> Option<&AtomicU32> {
         let at = usize::try_from(self.robust_word_at().load(Ordering::Acquire)).ok()?;
         (at >= ROBUST_AT && at + 4 <= ROBUST_AT + 64 && at % 4 == 0).then(|| self.word(at))
+    }
+
+    /// Whether the robust mutex's holder is the main thread, so that its
+    /// death wake means the process is exiting.
+    fn main_locker(&self) -> bool {
+        self.word(MAIN_LOCKER_AT).load(Ordering::Acquire) == 1
     }
 
     /// The watcher-ready word (`READY_AT`).

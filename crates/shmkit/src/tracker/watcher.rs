@@ -399,8 +399,12 @@ fn run(
             // microseconds; then the marks are kept only if the whole
             // process is dying: not if a thread exited alone, nor if we were
             // relaunched by a fork child (whose death is not the table
-            // owner's).
-            if owner == parent.as_raw_nonzero().get() {
+            // owner's). Another thread than the main one often dies alone
+            // (a server's connection thread), so its death sets marks only
+            // once the process is seen exiting: a mark is an open file of
+            // the segment, which a judge of its use would count.
+            if owner == parent.as_raw_nonzero().get() && (table.main_locker() || exiting_now(owner))
+            {
                 marks.set_all(&table);
                 if !marks.is_empty() && !exiting(owner) {
                     marks.clear();
