@@ -265,8 +265,16 @@ impl ShareableListBase {
                 // SAFETY: decode_all hands out positions 0..n once each, so
                 // the slot is in range and still NULL; SET_ITEM steals the
                 // reference `into_ptr` hands over.
+                #[cfg(not(feature = "abi3-py311"))]
                 unsafe {
                     ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr())
+                };
+                // SAFETY: as above; the limited API has no SET_ITEM macro, and
+                // SetItem also steals the reference (it cannot fail on an
+                // index in range).
+                #[cfg(feature = "abi3-py311")]
+                unsafe {
+                    ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, item.into_ptr())
                 };
                 Ok(())
             })
