@@ -30,6 +30,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "shmkit_only: behaviour where shmkit deliberately improves on the stdlib"
     )
+    config.addinivalue_line(
+        "markers",
+        "kill: SIGKILLs processes at random moments, for shm_helpers.kill_rounds() rounds "
+        "(make test-slow: pytest -m kill with SHMKIT_KILL_ROUNDS=50)",
+    )
 
 
 def _import_shmkit():

@@ -91,6 +91,12 @@ def attach_untracked(mod, name):
     return shm
 
 
+def kill_rounds():
+    """How many rounds a test marked ``kill`` runs: $SHMKIT_KILL_ROUNDS, 10
+    by default (make test), 50 under make test-slow."""
+    return int(os.environ.get("SHMKIT_KILL_ROUNDS", "10"))
+
+
 def open_fds():
     """The descriptors this process has open (Linux)."""
     return set(os.listdir("/proc/self/fd"))
