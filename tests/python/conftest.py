@@ -13,6 +13,7 @@
 import gc
 import importlib
 import os
+import tempfile
 import time
 
 import pytest
@@ -27,6 +28,12 @@ def pytest_configure(config):
         # install() would make the stdlib half shmkit too: the comparison
         # this suite rests on would compare shmkit with itself.
         raise pytest.UsageError("unset SHMKIT_INSTALL: it turns the stdlib half of this suite into shmkit")
+    # This session's record of the segment names it makes (shm_helpers says
+    # why), fresh even when a parent session's is in the environment.
+    fd, path = tempfile.mkstemp(prefix="shmkit-test-created-", suffix=".txt")
+    os.close(fd)
+    config._shmkit_created_log = path
+    h.install_recorder(path)
     config.addinivalue_line(
         "markers", "shmkit_only: behaviour where shmkit deliberately improves on the stdlib"
     )
@@ -35,6 +42,15 @@ def pytest_configure(config):
         "kill: SIGKILLs processes at random moments, for shm_helpers.kill_rounds() rounds "
         "(make test-slow: pytest -m kill with SHMKIT_KILL_ROUNDS=50)",
     )
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_shmkit_created_log", None)
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _import_shmkit():
@@ -82,8 +98,12 @@ class Segments:
         return name
 
     def add_name(self, name):
+        """Makes ``name`` this test's: removed at teardown if still there."""
         self._names.append(name)
         return name
+
+    def names(self):
+        return {n.lstrip("/") for n in self._names}
 
     def add(self, shm):
         """Closes and unlinks ``shm`` at teardown (through the object, so that a
@@ -108,8 +128,9 @@ class Segments:
 
 
 @pytest.fixture
-def segments():
+def segments(request):
     s = Segments()
+    request.node._shmkit_segments = s
     yield s
     s.cleanup()
 
@@ -120,18 +141,21 @@ def dev_shm_unchanged(request):
     that later tests start clean. Autouse fixtures are set up first and torn
     down last, so ``segments`` has cleaned up by the time this looks.
 
-    Other people share this machine's /dev/shm: only entries attributed to
-    this test's process tree count (shm_helpers.new_segments says how); the
+    Other people share this machine's /dev/shm: only the names this session
+    wrote down as its own count (shm_helpers.new_segments says how); the
     rest are neither reported nor touched."""
     before = set(os.listdir(h.DEV_SHM))
+    since = h.created_log_size()
     yield
     gc.collect()
-    new = h.new_segments(before)
+    seg = getattr(request.node, "_shmkit_segments", None)
+    ours = seg.names() if seg is not None else ()
+    new = h.new_segments(before, ours, since)
     if new:
         # Another process's segment may be between its close and its unlink:
         # only what is still there a moment later counts.
         time.sleep(0.2)
-        new = h.new_segments(before)
+        new = h.new_segments(before, ours, since)
     if new:
         for name in new:
             h.remove_segment(name)
