@@ -102,9 +102,6 @@ class Segments:
         self._names.append(name)
         return name
 
-    def names(self):
-        return {n.lstrip("/") for n in self._names}
-
     def add(self, shm):
         """Closes and unlinks ``shm`` at teardown (through the object, so that a
         stdlib resource tracker forgets it too)."""
@@ -128,9 +125,8 @@ class Segments:
 
 
 @pytest.fixture
-def segments(request):
+def segments():
     s = Segments()
-    request.node._shmkit_segments = s
     yield s
     s.cleanup()
 
@@ -145,17 +141,14 @@ def dev_shm_unchanged(request):
     wrote down as its own count (shm_helpers.new_segments says how); the
     rest are neither reported nor touched."""
     before = set(os.listdir(h.DEV_SHM))
-    since = h.created_log_size()
     yield
     gc.collect()
-    seg = getattr(request.node, "_shmkit_segments", None)
-    ours = seg.names() if seg is not None else ()
-    new = h.new_segments(before, ours, since)
+    new = h.new_segments(before)
     if new:
         # Another process's segment may be between its close and its unlink:
         # only what is still there a moment later counts.
         time.sleep(0.2)
-        new = h.new_segments(before, ours, since)
+        new = h.new_segments(before)
     if new:
         for name in new:
             h.remove_segment(name)

@@ -119,8 +119,8 @@ def open_fds():
 #     each create; install_recorder() wraps it), so a generated name that a
 #     failing call leaves behind is known too.
 # The record is a per-session file, named in $SHMKIT_TEST_CREATED, that every
-# process of the session appends "pid name" lines to. A new entry that is not
-# in it (made by a process outside this bookkeeping, or by one of our
+# process of the session appends "pid hex-of-name" lines to. A new entry that
+# is not in it (made by a process outside this bookkeeping, or by one of our
 # subprocesses that does not write it down) is left alone; make test's
 # private /dev/shm and its shm-check-end catch those.
 
@@ -135,37 +135,37 @@ def record_created(name):
     # One short O_APPEND write: lines of concurrent processes never mix.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, f"{os.getpid()} {name.lstrip('/')}\n".encode("utf-8", "surrogateescape"))
+        # In hex: a name may hold a newline or any other byte.
+        raw = name.lstrip("/").encode("utf-8", "surrogateescape")
+        os.write(fd, f"{os.getpid()} {raw.hex()}\n".encode("ascii"))
     finally:
         os.close(fd)
 
 
-def created_log_size():
-    """Where the record ends now: pass it to ``created_since``."""
-    path = os.environ.get(CREATED_LOG_ENV)
-    try:
-        return os.path.getsize(path) if path else 0
-    except OSError:
-        return 0
+_recorded = {"path": None, "offset": 0, "names": set()}
 
 
-def created_since(offset):
-    """The names written down since ``offset`` (a ``created_log_size()``)."""
+def recorded_names():
+    """Every name this session has written down so far, in any process.
+    Read incrementally: each call parses only what was appended since."""
     path = os.environ.get(CREATED_LOG_ENV)
     if not path:
         return set()
+    if _recorded["path"] != path:  # a new session's record
+        _recorded.update(path=path, offset=0, names=set())
     try:
         with open(path, "rb") as f:
-            f.seek(offset)
+            f.seek(_recorded["offset"])
             data = f.read()
     except OSError:
-        return set()
-    names = set()
-    for line in data.decode("utf-8", "surrogateescape").splitlines():
-        _, _, name = line.partition(" ")
+        return set(_recorded["names"])
+    end = data.rfind(b"\n") + 1  # a line still being written waits
+    _recorded["offset"] += end
+    for line in data[:end].split(b"\n"):
+        _, _, name = line.partition(b" ")
         if name:
-            names.add(name)
-    return names
+            _recorded["names"].add(bytes.fromhex(name.decode("ascii")).decode("utf-8", "surrogateescape"))
+    return set(_recorded["names"])
 
 
 def _recording(make_filename):
@@ -175,7 +175,8 @@ def _recording(make_filename):
     @functools.wraps(make_filename)
     def recorded():
         name = make_filename()
-        record_created(name)
+        if isinstance(name, str):
+            record_created(name)
         return name
 
     recorded._shm_helpers_records = True
@@ -258,16 +259,13 @@ def _held_by_outsiders(names):
     return {paths[p] for p in _held_by(foreign, set(paths))}
 
 
-def new_segments(before, ours=(), since=0):
+def new_segments(before):
     """The entries of /dev/shm that appeared since the listing ``before``
-    and that this session made (in ``ours``, or written down after the
-    record's offset ``since``), sorted: the ones a test may report as its
-    leaks and remove. One that a process outside this process's tree holds
-    is never among them, whatever the record says."""
+    and that this session wrote down as made, sorted: the ones a test may
+    report as its leaks and remove. One that a process outside this
+    process's tree holds is never among them, whatever the record says."""
     new = set(os.listdir(DEV_SHM)) - set(before)
-    mine = {n for n in new if n in ours}
-    if new - mine:
-        mine |= new & created_since(since)
+    mine = new & recorded_names() if new else set()
     mine -= _held_by_outsiders(mine)
     return sorted(n for n in mine if segment_exists(n))
 
