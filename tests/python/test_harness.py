@@ -25,8 +25,13 @@ INNER = "SHMKIT_HARNESS_INNER"  # path of a file the inner test writes to
 # makes segments and leaves them, untracked, held by nobody (the case that a
 # suite judging by name would take for its own leak). Prints each name.
 FOREIGN = r"""
-import sys, time
+import signal, sys, time
 from multiprocessing import shared_memory, resource_tracker
+
+# SIGTERM ends the loop between two segments, never between a create and
+# the print that tells the test which name to clean up.
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
 
 def make():
     if sys.version_info >= (3, 13):
@@ -39,6 +44,8 @@ def make():
 
 count, interval = int(sys.argv[1]), float(sys.argv[2])
 for _ in range(count):
+    if stop:
+        break
     make()
     time.sleep(interval)
 """
