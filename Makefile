@@ -18,26 +18,43 @@ CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
 .PRECIOUS: .venv-%/.installed .venv-%/.developed
 
-.PHONY: demo test rust-test python-test wheels wheel-test fuzz venvs develop clean-venvs shm-check-start shm-check-end bench bench-quick
+.PHONY: demo test test-slow rust-test python-test wheels wheel-test fuzz venvs develop clean-venvs shm-check-start shm-check-end bench bench-quick
 
 demo: .venv-$(DEMO_PYTHON)/.developed
 	.venv-$(DEMO_PYTHON)/bin/python -m shmkit demo
 
-test: shm-check-start rust-test python-test wheel-test bench-quick fuzz shm-check-end
+# The whole run happens in one private, empty /dev/shm (scripts/private-shm),
+# so no other program's segments are seen or touched, and shm-check-end sees
+# exactly what the run left there. Where no private /dev/shm can be had, it
+# runs on the shared one and the check compares with what was there before.
+TEST_STEPS := shm-check-start rust-test python-test wheel-test bench-quick fuzz shm-check-end
+test:
+	@scripts/private-shm $(MAKE) --no-print-directory $(TEST_STEPS)
 
 rust-test:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p shmkit -p shmkit-cli
-	cargo test $(CARGO_TEST_CRATES)
+	scripts/private-shm cargo test $(CARGO_TEST_CRATES)
 
 python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	@set -e; for v in $(PYTHONS); do \
 	  echo "=== pytest on CPython $$v ==="; \
-	  SHMKIT_REQUIRED=1 .venv-$$v/bin/python -m pytest -q tests/python; \
+	  SHMKIT_REQUIRED=1 scripts/private-shm .venv-$$v/bin/python -m pytest -q tests/python; \
 	  echo "=== mypy.stubtest on CPython $$v ==="; \
 	  .venv-$$v/bin/python -m mypy.stubtest shmkit \
 	    --allowlist tests/stubtest-allowlist.txt; \
+	done
+
+# The tests that SIGKILL processes at random moments (pytest marker `kill`),
+# with many more rounds than make test gives them (10, shm_helpers.kill_rounds).
+test-slow: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
+	@set -e; for v in $(PYTHONS); do \
+	  echo "=== kill tests, 50 rounds, on CPython $$v ==="; \
+	  rc=0; SHMKIT_KILL_ROUNDS=50 SHMKIT_REQUIRED=1 scripts/private-shm \
+	    .venv-$$v/bin/python -m pytest -q -m kill tests/python || rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no test is marked kill yet"; \
+	  elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	done
 
 # Every benchmark on every Python in PYTHONS and the Rust API, stdlib and
@@ -55,7 +72,9 @@ bench-quick: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 # cargo-fuzz use the sanitizer flags it needs. cargo-fuzz has no --locked,
 # so the lock file is checked first: fuzzing never rewrites it.
 fuzz:
-	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@command -v cargo-fuzz >/dev/null || { \
+	  echo "fuzz: cargo-fuzz is missing; installing it (cargo install cargo-fuzz --locked) into $${CARGO_INSTALL_ROOT:-$${CARGO_HOME:-$$HOME/.cargo}}/bin"; \
+	  cargo install -q cargo-fuzz --locked; }
 	@cd fuzz && cargo metadata --locked --format-version 1 >/dev/null \
 	  || { echo "FAIL: fuzz/Cargo.lock is out of date: run 'cargo update -w' in fuzz/ and commit it"; exit 1; }
 	@cd fuzz && for t in $$(cargo fuzz list); do \
@@ -110,19 +129,26 @@ wheel-test: .venv-$(DEMO_PYTHON)/.installed
 	    assert os.path.realpath(shmkit.__file__).startswith(here), shmkit.__file__; \
 	    assert m._manager_program() and m._manager_program().startswith(os.path.dirname(shmkit.__file__)), m._manager_program(); \
 	    print('shmkit from', os.path.dirname(shmkit.__file__))"); \
-	  SHMKIT_REQUIRED=1 $$venv/bin/python -m pytest -q tests/python; \
+	  SHMKIT_REQUIRED=1 scripts/private-shm $$venv/bin/python -m pytest -q tests/python; \
 	done
 
-# Tests must leave /dev/shm as they found it.
+# Tests must leave /dev/shm as they found it (inside make test's private
+# /dev/shm, empty), and the clone too: nothing new, changed or deleted that
+# git sees (build output and venvs are ignored by .gitignore).
 SHM_BEFORE := target/shm-before.txt
+GIT_BEFORE := target/git-status-before.txt
 shm-check-start:
 	@mkdir -p target && ls -1 /dev/shm | sort > $(SHM_BEFORE)
+	@git status --porcelain --untracked-files=all > $(GIT_BEFORE)
 
 shm-check-end:
 	@ls -1 /dev/shm | sort | comm -13 $(SHM_BEFORE) - > target/shm-new.txt; \
 	if [ -s target/shm-new.txt ]; then \
 	  echo "FAIL: the tests left these in /dev/shm:"; cat target/shm-new.txt; exit 1; \
 	else echo "/dev/shm: nothing left behind"; fi
+	@git status --porcelain --untracked-files=all | diff -u $(GIT_BEFORE) - > target/git-status-diff.txt \
+	  || { echo "FAIL: the tests changed the clone (git status before -> after):"; \
+	       tail -n +3 target/git-status-diff.txt; exit 1; }
 
 clean-venvs:
 	rm -rf .venv-*

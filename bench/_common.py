@@ -39,9 +39,12 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Set in the environment of a process already in the private /dev/shm; the
-# scripts bench/run.py starts inherit it and so do not re-execute.
-PRIVATE_MARK = "SHMKIT_BENCH_PRIVATE_SHM"
+# scripts/private-shm owns the private /dev/shm, for the tests and the
+# benches alike; it sets this in the environment of what it runs (the
+# private /dev/shm's device number, or "shared" if it fell back), which the
+# scripts bench/run.py starts inherit, so they do not re-execute.
+PRIVATE_MARK = "SHMKIT_PRIVATE_SHM"
+PRIVATE_SHM = os.path.join(REPO, "scripts", "private-shm")
 
 # CPU time of this process (user + system, so page faults count) leaves out
 # the time other processes had the CPU; wall time is needed where the work
@@ -237,41 +240,35 @@ def unwind_on_signals():
         signal.signal(sig, interrupted)
 
 
+def in_private_shm():
+    """Whether /dev/shm is the private one scripts/private-shm mounted (its
+    device number is in the mark; an inherited mark does not count)."""
+    try:
+        return os.environ.get(PRIVATE_MARK) == str(os.stat("/dev/shm").st_dev)
+    except OSError:
+        return False
+
+
 def maybe_reexec_private(want):
-    """Re-runs this process in a private mount namespace with a fresh tmpfs
-    on /dev/shm, so that other programs' /dev/shm clean-ups cannot delete the
-    bench's segments, its creates do not share a directory with theirs, and
-    whatever a killed run leaves vanishes with the namespace. Returns whether
-    /dev/shm is private."""
-    if os.environ.get(PRIVATE_MARK) == "1":
+    """Re-runs this process through scripts/private-shm, in a private mount
+    namespace with a fresh tmpfs on /dev/shm, so that other programs'
+    /dev/shm clean-ups cannot delete the bench's segments, its creates do
+    not share a directory with theirs, and whatever a killed run leaves
+    vanishes with the namespace. Returns whether /dev/shm is private."""
+    if in_private_shm():
         return True
+    if os.environ.get(PRIVATE_MARK) == "shared":
+        return False  # private-shm tried already and said why not
     insist = want is True
     if want is None:
         want = hasattr(os, "geteuid") and os.geteuid() == 0
     if not want:
         return False
-    # tmpfs's default size cap (half the RAM): the numpy bench writes 1 GiB.
-    mount = "mount -t tmpfs -o mode=1777 tmpfs /dev/shm"
-    unshare = shutil.which("unshare")
-    ok = unshare is not None and subprocess.run(
-        [unshare, "--mount", "--propagation", "private", "sh", "-c", mount],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ).returncode == 0
-    if not ok:
-        if insist:
-            sys.exit("--private-shm: cannot unshare a mount namespace "
-                     "(needs root and unshare(1))")
-        log("note: no private /dev/shm (unshare failed); using the shared one")
-        return False
-    env = dict(os.environ, **{PRIVATE_MARK: "1"})
-    argv = [
-        unshare, "--mount", "--propagation", "private",
-        "sh", "-c", mount + ' && exec "$@"', "sh",
-        sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:],
-    ]
+    argv = [PRIVATE_SHM, *(["--require"] if insist else []),
+            sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(unshare, argv, env)
+    os.execv(PRIVATE_SHM, argv)
     return True  # not reached
 
 

@@ -65,7 +65,15 @@ def serve(conn):
             conn.send(check(payload))
             continue
         name, count = payload
-        shm = module(kind).SharedMemory(name)
+        if kind == "shmkit":
+            # Borrowed: the parent unlinks it. A tracked attach would make
+            # this process's shmkit tracker answer for it too, and at exit
+            # find it gone and warn of a leak. (The stdlib attach needs no
+            # such care: spawn shares the parent's resource tracker, whose
+            # registration the parent's unlink() removes.)
+            shm = module(kind).SharedMemory(name, track=False)
+        else:
+            shm = module(kind).SharedMemory(name)
         try:
             a = np.ndarray((count,), dtype=np.int64, buffer=shm.buf)
             total = check(a)

@@ -252,7 +252,17 @@ def main():
     finally:
         if made_target:
             try:
-                os.unlink(made_target)
+                if sk_mod is not None:
+                    # Through a tracked shmkit handle: its unlink() also
+                    # forgets the name in this process's leak tracker, which
+                    # every tracked attach above registered it with; removed
+                    # behind the tracker's back, the tracker would find it
+                    # gone at exit and warn of a leak.
+                    target = sk_mod.SharedMemory(attach_name)
+                    target.close()
+                    target.unlink()
+                else:
+                    os.unlink(made_target)
             except FileNotFoundError:
                 pass
         # The stdlib registers every attach with its resource tracker and

@@ -37,6 +37,7 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
 import unittest
 
@@ -512,4 +513,8 @@ def _run(args, tests):
 
 
 if __name__ == "__main__":
+    # CPython's tests send this very process SIGINT and expect
+    # KeyboardInterrupt, which needs Python's handler; a run started as a
+    # background job inherits SIGINT ignored, and Python then keeps it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

@@ -13,6 +13,7 @@
 import gc
 import importlib
 import os
+import tempfile
 import time
 
 import pytest
@@ -27,9 +28,29 @@ def pytest_configure(config):
         # install() would make the stdlib half shmkit too: the comparison
         # this suite rests on would compare shmkit with itself.
         raise pytest.UsageError("unset SHMKIT_INSTALL: it turns the stdlib half of this suite into shmkit")
+    # This session's record of the segment names it makes (shm_helpers says
+    # why), fresh even when a parent session's is in the environment.
+    fd, path = tempfile.mkstemp(prefix="shmkit-test-created-", suffix=".txt")
+    os.close(fd)
+    config._shmkit_created_log = path
+    h.install_recorder(path)
     config.addinivalue_line(
         "markers", "shmkit_only: behaviour where shmkit deliberately improves on the stdlib"
     )
+    config.addinivalue_line(
+        "markers",
+        "kill: SIGKILLs processes at random moments, for shm_helpers.kill_rounds() rounds "
+        "(make test-slow: pytest -m kill with SHMKIT_KILL_ROUNDS=50)",
+    )
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_shmkit_created_log", None)
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _import_shmkit():
@@ -77,6 +98,7 @@ class Segments:
         return name
 
     def add_name(self, name):
+        """Makes ``name`` this test's: removed at teardown if still there."""
         self._names.append(name)
         return name
 
@@ -115,8 +137,8 @@ def dev_shm_unchanged(request):
     that later tests start clean. Autouse fixtures are set up first and torn
     down last, so ``segments`` has cleaned up by the time this looks.
 
-    Other people share this machine's /dev/shm: only entries attributed to
-    this test's process tree count (shm_helpers.new_segments says how); the
+    Other people share this machine's /dev/shm: only the names this session
+    wrote down as its own count (shm_helpers.new_segments says how); the
     rest are neither reported nor touched."""
     before = set(os.listdir(h.DEV_SHM))
     yield

@@ -38,8 +38,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def unique_name(tag="seg"):
-    """A fresh segment name of our own, e.g. ``shmkit_t1234_basics_0a1b2c3d``."""
-    return f"{TEST_PREFIX}{os.getpid()}_{tag}_{secrets.token_hex(4)}"
+    """A fresh segment name of our own, e.g. ``shmkit_t1234_basics_0a1b2c3d``,
+    written down as this session's (see record_created)."""
+    name = f"{TEST_PREFIX}{os.getpid()}_{tag}_{secrets.token_hex(4)}"
+    record_created(name)
+    return name
 
 
 def shm_path(name):
@@ -91,6 +94,12 @@ def attach_untracked(mod, name):
     return shm
 
 
+def kill_rounds():
+    """How many rounds a test marked ``kill`` runs: $SHMKIT_KILL_ROUNDS, 10
+    by default (make test), 50 under make test-slow."""
+    return int(os.environ.get("SHMKIT_KILL_ROUNDS", "10"))
+
+
 def open_fds():
     """The descriptors this process has open (Linux)."""
     return set(os.listdir("/proc/self/fd"))
@@ -98,17 +107,94 @@ def open_fds():
 
 # --------------------------------------------------------------------------
 # Whose is a segment? Other people (another developer's benchmark, another
-# pytest run, cargo test) use this machine's /dev/shm while the suite runs, so
-# a new entry is counted as this test's only when it can be attributed:
-#   - a live process of this process's tree holds it (open or mapped): ours;
-#   - a live process outside the tree holds it: theirs;
-#   - otherwise (nobody holds it), by name: our own prefix with our pid or a
-#     pid that is no live outsider, a generated psm_xxxxxxxx name, or a name
-#     of CPython's own tests (run by tests/conformance) count as ours; any
-#     other name is someone else's and is left alone.
+# pytest run, cargo test) may use this machine's /dev/shm while the suite
+# runs, and a name alone says nothing about who made it: psm_xxxxxxxx is
+# every stdlib's and shmkit's. So the suite removes, and reports as leaks,
+# only the names it made itself, which it writes down as it makes them:
+#   - the ``segments`` fixture's names and objects;
+#   - every name ``unique_name()`` hands out, in any process that imports
+#     this module (spawn and forkserver children included);
+#   - every name either implementation's ``_make_filename`` generates in the
+#     pytest process and its fork children (both look the function up at
+#     each create; install_recorder() wraps it), so a generated name that a
+#     failing call leaves behind is known too.
+# The record is a per-session file, named in $SHMKIT_TEST_CREATED, that every
+# process of the session appends "pid hex-of-name" lines to. A new entry that
+# is not in it (made by a process outside this bookkeeping, or by one of our
+# subprocesses that does not write it down) is left alone; make test's
+# private /dev/shm and its shm-check-end catch those.
 
-_OWNED = re.compile(r"\A" + re.escape(TEST_PREFIX) + r"(\d+)_")
-_CPYTHON_TEST_NAME = re.compile(r"\Atest\d\d_[a-z]+\d+\Z")
+CREATED_LOG_ENV = "SHMKIT_TEST_CREATED"
+
+
+def record_created(name):
+    """Writes ``name`` down as made by this session (a no-op outside one)."""
+    path = os.environ.get(CREATED_LOG_ENV)
+    if not path:
+        return
+    # One short O_APPEND write: lines of concurrent processes never mix.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        # In hex: a name may hold a newline or any other byte.
+        raw = name.lstrip("/").encode("utf-8", "surrogateescape")
+        os.write(fd, f"{os.getpid()} {raw.hex()}\n".encode("ascii"))
+    finally:
+        os.close(fd)
+
+
+_recorded = {"path": None, "offset": 0, "names": set()}
+
+
+def recorded_names():
+    """Every name this session has written down so far, in any process.
+    Read incrementally: each call parses only what was appended since."""
+    path = os.environ.get(CREATED_LOG_ENV)
+    if not path:
+        return set()
+    if _recorded["path"] != path:  # a new session's record
+        _recorded.update(path=path, offset=0, names=set())
+    try:
+        with open(path, "rb") as f:
+            f.seek(_recorded["offset"])
+            data = f.read()
+    except OSError:
+        return set(_recorded["names"])
+    end = data.rfind(b"\n") + 1  # a line still being written waits
+    _recorded["offset"] += end
+    for line in data[:end].split(b"\n"):
+        _, _, name = line.partition(b" ")
+        if name:
+            _recorded["names"].add(bytes.fromhex(name.decode("ascii")).decode("utf-8", "surrogateescape"))
+    return set(_recorded["names"])
+
+
+def _recording(make_filename):
+    if getattr(make_filename, "_shm_helpers_records", False):
+        return make_filename
+
+    @functools.wraps(make_filename)
+    def recorded():
+        name = make_filename()
+        if isinstance(name, str):
+            record_created(name)
+        return name
+
+    recorded._shm_helpers_records = True
+    return recorded
+
+
+def install_recorder(path):
+    """Starts this session's record at ``path`` (inherited by every child
+    through the environment) and wraps both implementations'
+    ``_make_filename`` in this process so that generated names are written
+    down too."""
+    os.environ[CREATED_LOG_ENV] = path
+    for modname in (STDLIB_MODULE, SHMKIT_MODULE):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue  # the shmkit half is skipped (or fails) elsewhere
+        mod._make_filename = _recording(mod._make_filename)
 
 
 def _process_parents():
@@ -162,29 +248,25 @@ def _held_by(pids, paths):
     return held
 
 
-def new_segments(before):
-    """Entries of /dev/shm that appeared since the listing ``before`` and that
-    are attributed to this process's tree (see above), sorted."""
-    new = set(os.listdir(DEV_SHM)) - set(before)
-    if not new:
-        return []
+def _held_by_outsiders(names):
+    """The subset of ``names`` that a live process outside this process's
+    tree has open or mapped."""
+    if not names:
+        return set()
     parents = _process_parents()
-    ours = _own_tree(parents)
-    foreign = set(parents) - ours
-    paths = {shm_path(n): n for n in new}
-    held_by_us = {paths[p] for p in _held_by(ours, set(paths))}
-    held_by_them = {paths[p] for p in _held_by(foreign, set(paths))}
-    mine = set()
-    for name in new:
-        if name in held_by_us:
-            mine.add(name)
-        elif name in held_by_them:
-            continue
-        elif (m := _OWNED.match(name)) is not None:
-            if int(m.group(1)) not in foreign:
-                mine.add(name)
-        elif GENERATED_NAME.match(name) or _CPYTHON_TEST_NAME.match(name):
-            mine.add(name)
+    foreign = set(parents) - _own_tree(parents)
+    paths = {shm_path(n): n for n in names}
+    return {paths[p] for p in _held_by(foreign, set(paths))}
+
+
+def new_segments(before):
+    """The entries of /dev/shm that appeared since the listing ``before``
+    and that this session wrote down as made, sorted: the ones a test may
+    report as its leaks and remove. One that a process outside this
+    process's tree holds is never among them, whatever the record says."""
+    new = set(os.listdir(DEV_SHM)) - set(before)
+    mine = new & recorded_names() if new else set()
+    mine -= _held_by_outsiders(mine)
     return sorted(n for n in mine if segment_exists(n))
 
 
