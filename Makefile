@@ -111,19 +111,18 @@ wheels: .venv-$(DEMO_PYTHON)/.installed
 	.venv-$(DEMO_PYTHON)/bin/maturin build --release -q -o target/wheels \
 	  $(foreach v,$(SUPPORTED_PYTHONS),-i "$$(scripts/find-python $(v))")
 
-# What `pip install` gives is the product: for each of WHEEL_PYTHONS, build
-# its wheel, install it into a fresh venv with only the test tools beside it,
+# What `pip install` gives is the product: for each of WHEEL_PYTHONS, run the
+# README's `pip install .` in a fresh venv with only the test tools beside it,
 # check that `import shmkit` comes from that venv and finds the manager
 # program there, and run the Python suite against it.
-wheel-test: .venv-$(DEMO_PYTHON)/.installed
+wheel-test:
 	@set -e; for v in $(WHEEL_PYTHONS); do \
 	  py="$$(scripts/find-python $$v)"; venv=target/wheel-venv-$$v; \
 	  echo "=== the installed wheel on CPython $$v ==="; \
-	  rm -rf target/wheel-$$v $$venv; \
-	  .venv-$(DEMO_PYTHON)/bin/maturin build --release -q -i "$$py" -o target/wheel-$$v; \
+	  rm -rf $$venv; \
 	  "$$py" -m venv $$venv; \
 	  $$venv/bin/python -m pip install -q --upgrade pip; \
-	  $$venv/bin/python -m pip install -q target/wheel-$$v/*.whl pytest numpy hypothesis; \
+	  $$venv/bin/python -m pip install -q . pytest numpy hypothesis; \
 	  (cd tests && ../$$venv/bin/python -c "import os, sys, shmkit, shmkit.managers as m; \
 	    here = os.path.realpath(sys.prefix); \
 	    assert os.path.realpath(shmkit.__file__).startswith(here), shmkit.__file__; \
