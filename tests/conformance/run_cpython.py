@@ -314,7 +314,14 @@ def _qualify(name):
 def _classes(start_method):
     """CPython's test classes installed for one start method, by name."""
     ns = {"__name__": __name__}
-    _tm.install_tests_in_module_dict(ns, start_method, only_type="processes")
+    try:
+        _tm.install_tests_in_module_dict(ns, start_method, only_type="processes")
+    except TypeError:
+        # Before 3.11 every type (processes, threads, manager) is installed;
+        # shared memory is only the processes' business.
+        _tm.install_tests_in_module_dict(ns, start_method)
+        for name in [n for n in ns if n.startswith(("WithThreads", "WithManager"))]:
+            del ns[name]
     # Plain TestCases (no start method) are taken as the module has them.
     for name in ("TestResourceTracker",):
         if hasattr(_tm, name):
