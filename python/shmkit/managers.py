@@ -147,6 +147,9 @@ def _read_address(fd, pid):
 #: The manager process's end of the tracking channel (see
 #: crates/shmkit/src/manager/relay.rs).
 _RELAY_FD = 3
+#: After this many names sent on the tracking channel, an empty line asks
+#: the manager process to confirm it has taken them over (see _track).
+_ACK_EVERY = 128
 
 
 def _manager_program():
@@ -250,6 +253,12 @@ class SharedMemoryManager:
         # Names of the segments made through a manager we started, which
         # its shutdown unlinks (see _finalize_manager).
         self._names = []
+        # Names sent on the tracking channel and still registered with our
+        # leak tracker, waiting for the manager process to confirm them:
+        # those sent since the last confirmation request, and those the
+        # request in flight covers (None: no request in flight).
+        self._unconfirmed = []
+        self._confirming = None
 
     # -- the server ------------------------------------------------------
 
@@ -426,6 +435,19 @@ class SharedMemoryManager:
         return client
 
     def _track(self, client, segment, shm):
+        """Hands ``shm``, just created with ``track=True``, to the manager.
+
+        The create registered it with this process's leak tracker (before
+        the segment existed), and it stays registered until the manager has
+        taken it over: until then, a SIGKILL of this process leaves it to
+        our tracker, after that to the manager, which unlinks everything it
+        tracks when we die. So no moment leaks it. The manager process
+        confirms names in batches (an empty line, answered with "." once
+        every line before it is handled): a round trip per name would cost
+        more than the rest of the create, and the answer to one batch's
+        request is read only when the next batch is full, by which time it
+        has long arrived. A manager reached with ``connect()`` confirms each
+        name by answering ``track_segment``."""
         relay = self._relay
         if relay is not None:
             self._names.append(shm.name)
@@ -435,14 +457,34 @@ class SharedMemoryManager:
                 # and unlinks it if the server is gone by then.
                 try:
                     relay.sendall(b"+" + shm.name.encode("utf-8", "surrogateescape") + b"\n")
-                    return segment
                 except OSError:
                     pass  # the manager process is stopping: ask the server
+                else:
+                    self._unconfirmed.append(shm.name)
+                    if len(self._unconfirmed) >= _ACK_EVERY:
+                        try:
+                            self._confirm(relay)
+                        except OSError:
+                            pass  # stopping: the names stay registered here
+                    return segment
             client.track_segment(shm.name)
         except BaseException:
             shm.unlink()
             raise
+        _shmkit.tracker_unregister(shm.name)
         return segment
+
+    def _confirm(self, relay):
+        """Reads the answer to the confirmation request in flight, if any,
+        and forgets the names it covers; then requests one for the names
+        sent since."""
+        if self._confirming is not None:
+            if relay.recv(1) != b".":
+                raise OSError("the manager process closed its tracking channel")
+            for name in self._confirming:
+                _shmkit.tracker_unregister(name)
+        relay.sendall(b"\n")
+        self._confirming, self._unconfirmed = self._unconfirmed, []
 
     def _sync(self):
         """Waits until the manager process has tracked every name sent."""
@@ -450,18 +492,26 @@ class SharedMemoryManager:
         if relay is None:
             return
         try:
+            answers = 1 if self._confirming is None else 2
             relay.sendall(b"\n")
-            relay.recv(1)
+            got = b""
+            while len(got) < answers:
+                chunk = relay.recv(answers - len(got))
+                if not chunk:
+                    return
+                got += chunk
         except OSError:
-            pass
+            return
+        for name in (self._confirming or []) + self._unconfirmed:
+            _shmkit.tracker_unregister(name)
+        self._confirming, self._unconfirmed = None, []
 
     def SharedMemory(self, size, name=None):
         """A new ``shmkit.shared_memory.SharedMemory`` of ``size`` bytes (named
         ``name`` if given) that the server unlinks when it shuts down."""
         client = self._get_client()
-        # The manager is responsible for the segment from now on, not this
-        # process's leak tracker (which would find it gone at exit).
-        shm = shared_memory.SharedMemory(name, create=True, size=size, track=False)
+        # Tracked until the manager has taken it over (see _track).
+        shm = shared_memory.SharedMemory(name, create=True, size=size)
         return self._track(client, shm, shm)
 
     def ShareableList(self, sequence, name=None):
@@ -469,8 +519,8 @@ class SharedMemoryManager:
         (in a segment named ``name`` if given) that the server unlinks when
         it shuts down."""
         client = self._get_client()
-        # As SharedMemory() above: the manager unlinks it, not our tracker.
-        sl = shared_memory.ShareableList(sequence, name=name, track=False)
+        # As SharedMemory() above.
+        sl = shared_memory.ShareableList(sequence, name=name)
         return self._track(client, sl, sl.shm)
 
     def list_segments(self):
