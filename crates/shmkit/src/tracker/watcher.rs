@@ -404,8 +404,8 @@ fn run(
             // relaunched by a fork child (whose death is not the table
             // owner's). Another thread than the main one often dies alone
             // (a server's connection thread), so its death sets marks only
-            // once the process is seen exiting: a mark is an open file of
-            // the segment, which a judge of its use would count.
+            // once the process is seen exiting: a mark makes every attacher
+            // of the segment wait.
             if owner == parent.as_raw_nonzero().get() && (table.main_locker() || exiting_now(owner))
             {
                 marks.set_all(&table);
