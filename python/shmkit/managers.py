@@ -299,6 +299,7 @@ class SharedMemoryManager:
         report_r, report_w = os.pipe()
         relay, relay_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         program = _manager_program() if initializer is None else None
+        shares_tracker = program is None and _shmkit.tracker_started()
         try:
             if program is not None:
                 if len(settings) <= select.PIPE_BUF:
@@ -343,6 +344,13 @@ class SharedMemoryManager:
         self._address = address
         self._client = _shmkit.ManagerClient(address, bytes(self._authkey))
         self._relay = relay
+        if shares_tracker:
+            # A forked manager shares this process's tracker table when this
+            # process had a tracker before the fork: forgetting a confirmed
+            # name here would forget the manager's registration of it too.
+            # Its names stay registered until shutdown, as CPython's manager
+            # shares its parent's resource tracker.
+            self._unconfirmed = None
         self._state.value = _State.STARTED
         self.shutdown = util.Finalize(
             self,
@@ -460,6 +468,8 @@ class SharedMemoryManager:
                 except OSError:
                     pass  # the manager process is stopping: ask the server
                 else:
+                    if self._unconfirmed is None:
+                        return segment
                     self._unconfirmed.append(shm.name)
                     if len(self._unconfirmed) >= _ACK_EVERY:
                         try:
@@ -490,6 +500,13 @@ class SharedMemoryManager:
         """Waits until the manager process has tracked every name sent."""
         relay = self._relay
         if relay is None:
+            return
+        if self._unconfirmed is None:
+            try:
+                relay.sendall(b"\n")
+                relay.recv(1)
+            except OSError:
+                pass
             return
         try:
             answers = 1 if self._confirming is None else 2
