@@ -147,6 +147,9 @@ def _read_address(fd, pid):
 #: The manager process's end of the tracking channel (see
 #: crates/shmkit/src/manager/relay.rs).
 _RELAY_FD = 3
+#: After this many names sent on the tracking channel, an empty line asks
+#: the manager process to confirm it has taken them over (see _track).
+_ACK_EVERY = 128
 
 
 def _manager_program():
@@ -250,6 +253,12 @@ class SharedMemoryManager:
         # Names of the segments made through a manager we started, which
         # its shutdown unlinks (see _finalize_manager).
         self._names = []
+        # Names sent on the tracking channel and still registered with our
+        # leak tracker, waiting for the manager process to confirm them:
+        # those sent since the last confirmation request, and those the
+        # request in flight covers (None: no request in flight).
+        self._unconfirmed = []
+        self._confirming = None
 
     # -- the server ------------------------------------------------------
 
@@ -290,6 +299,7 @@ class SharedMemoryManager:
         report_r, report_w = os.pipe()
         relay, relay_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         program = _manager_program() if initializer is None else None
+        shares_tracker = program is None and _shmkit.tracker_started()
         try:
             if program is not None:
                 if len(settings) <= select.PIPE_BUF:
@@ -334,6 +344,13 @@ class SharedMemoryManager:
         self._address = address
         self._client = _shmkit.ManagerClient(address, bytes(self._authkey))
         self._relay = relay
+        if shares_tracker:
+            # A forked manager shares this process's tracker table when this
+            # process had a tracker before the fork: forgetting a confirmed
+            # name here would forget the manager's registration of it too.
+            # Its names stay registered until shutdown, as CPython's manager
+            # shares its parent's resource tracker.
+            self._unconfirmed = None
         self._state.value = _State.STARTED
         self.shutdown = util.Finalize(
             self,
@@ -426,6 +443,19 @@ class SharedMemoryManager:
         return client
 
     def _track(self, client, segment, shm):
+        """Hands ``shm``, just created with ``track=True``, to the manager.
+
+        The create registered it with this process's leak tracker (before
+        the segment existed), and it stays registered until the manager has
+        taken it over: until then, a SIGKILL of this process leaves it to
+        our tracker, after that to the manager, which unlinks everything it
+        tracks when we die. So no moment leaks it. The manager process
+        confirms names in batches (an empty line, answered with "." once
+        every line before it is handled): a round trip per name would cost
+        more than the rest of the create, and the answer to one batch's
+        request is read only when the next batch is full, by which time it
+        has long arrived. A manager reached with ``connect()`` confirms each
+        name by answering ``track_segment``."""
         relay = self._relay
         if relay is not None:
             self._names.append(shm.name)
@@ -435,33 +465,70 @@ class SharedMemoryManager:
                 # and unlinks it if the server is gone by then.
                 try:
                     relay.sendall(b"+" + shm.name.encode("utf-8", "surrogateescape") + b"\n")
-                    return segment
                 except OSError:
                     pass  # the manager process is stopping: ask the server
+                else:
+                    if self._unconfirmed is None:
+                        return segment
+                    self._unconfirmed.append(shm.name)
+                    if len(self._unconfirmed) >= _ACK_EVERY:
+                        try:
+                            self._confirm(relay)
+                        except OSError:
+                            pass  # stopping: the names stay registered here
+                    return segment
             client.track_segment(shm.name)
         except BaseException:
             shm.unlink()
             raise
+        _shmkit.tracker_unregister(shm.name)
         return segment
+
+    def _confirm(self, relay):
+        """Reads the answer to the confirmation request in flight, if any,
+        and forgets the names it covers; then requests one for the names
+        sent since."""
+        if self._confirming is not None:
+            if relay.recv(1) != b".":
+                raise OSError("the manager process closed its tracking channel")
+            for name in self._confirming:
+                _shmkit.tracker_unregister(name)
+        relay.sendall(b"\n")
+        self._confirming, self._unconfirmed = self._unconfirmed, []
 
     def _sync(self):
         """Waits until the manager process has tracked every name sent."""
         relay = self._relay
         if relay is None:
             return
+        if self._unconfirmed is None:
+            try:
+                relay.sendall(b"\n")
+                relay.recv(1)
+            except OSError:
+                pass
+            return
         try:
+            answers = 1 if self._confirming is None else 2
             relay.sendall(b"\n")
-            relay.recv(1)
+            got = b""
+            while len(got) < answers:
+                chunk = relay.recv(answers - len(got))
+                if not chunk:
+                    return
+                got += chunk
         except OSError:
-            pass
+            return
+        for name in (self._confirming or []) + self._unconfirmed:
+            _shmkit.tracker_unregister(name)
+        self._confirming, self._unconfirmed = None, []
 
     def SharedMemory(self, size, name=None):
         """A new ``shmkit.shared_memory.SharedMemory`` of ``size`` bytes (named
         ``name`` if given) that the server unlinks when it shuts down."""
         client = self._get_client()
-        # The manager is responsible for the segment from now on, not this
-        # process's leak tracker (which would find it gone at exit).
-        shm = shared_memory.SharedMemory(name, create=True, size=size, track=False)
+        # Tracked until the manager has taken it over (see _track).
+        shm = shared_memory.SharedMemory(name, create=True, size=size)
         return self._track(client, shm, shm)
 
     def ShareableList(self, sequence, name=None):
@@ -469,8 +536,8 @@ class SharedMemoryManager:
         (in a segment named ``name`` if given) that the server unlinks when
         it shuts down."""
         client = self._get_client()
-        # As SharedMemory() above: the manager unlinks it, not our tracker.
-        sl = shared_memory.ShareableList(sequence, name=name, track=False)
+        # As SharedMemory() above.
+        sl = shared_memory.ShareableList(sequence, name=name)
         return self._track(client, sl, sl.shm)
 
     def list_segments(self):

@@ -492,6 +492,9 @@ MANAGED_THEN_CLOSED = """
         s = smm.SharedMemory(4096)
         name = s.name
         s.close()
+        # Until the manager confirms it has the name, this process's tracker
+        # keeps it too; list_segments() waits for that.
+        smm.list_segments()
         print("ready", name, smm._process.pid, flush=True)
         time.sleep(120)
 """

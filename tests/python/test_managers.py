@@ -572,3 +572,34 @@ def test_parent_sigkill_spares_a_segment_a_live_process_maps(managers):
             os.kill(int(user), signal.SIGKILL)
         if used is not None:
             h.remove_segment(used)
+
+
+def test_a_forked_manager_sharing_our_tracker_keeps_its_registrations(managers):
+    """A manager forked after this process started tracking shares its
+    tracker table: the names it takes over stay registered there (the
+    parent's confirmation must not forget them), until shutdown."""
+    code = textwrap.dedent(
+        """
+        import json, subprocess, sys
+        from shmkit.managers import SharedMemoryManager
+        from shmkit.shared_memory import SharedMemory
+        mine = SharedMemory(create=True, size=64)   # starts our tracker
+        smm = SharedMemoryManager()
+        smm.start(initializer=int)                    # forks
+        names = [smm.SharedMemory(64).name for _ in range(300)]
+        smm.list_segments()
+        out = subprocess.run([sys.executable, "-m", "shmkit", "ls", "--json"],
+                             capture_output=True, text=True, check=True)
+        listing = json.loads(out.stdout)
+        entries = listing["segments"] if isinstance(listing, dict) else listing
+        tracked = {e["name"] for e in entries if e["tracked_by"]}
+        print(sum(n in tracked for n in names))
+        smm.shutdown()
+        mine.close()
+        mine.unlink()
+        """
+    )
+    r = h.run_python(code)
+    assert r.returncode == 0, h.describe(r)
+    assert r.stdout.split() == ["300"], h.describe(r)
+    assert "leaked" not in r.stderr, r.stderr

@@ -34,6 +34,13 @@ fn tracker_unregister(name: &str) {
     shmkit::tracker::unregister(name);
 }
 
+/// Whether this process has a leak tracker already: a process it forks
+/// from now on shares its tracker table.
+#[pyfunction]
+fn tracker_started() -> bool {
+    shmkit::tracker::watcher_pid().is_some()
+}
+
 /// `shm_unlink(name)`.
 #[pyfunction]
 fn unlink(name: &str) -> PyResult<()> {
@@ -90,6 +97,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
     m.add_function(wrap_pyfunction!(tracker_unregister, m)?)?;
+    m.add_function(wrap_pyfunction!(tracker_started, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;
     m.add_function(wrap_pyfunction!(make_filename, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;

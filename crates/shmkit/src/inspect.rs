@@ -304,7 +304,11 @@ impl Processes {
                             continue;
                         }
                         if let Ok(key) = sys::proc_fd_key(pid, fd) {
-                            if keys.contains(&key) && seen.insert(key) {
+                            if keys.contains(&key)
+                                && !seen.contains(&key)
+                                && !holds_cleanup_mark(pid, fd)
+                            {
+                                seen.insert(key);
                                 found.users.entry(key).or_default().open_by.push(pid);
                             }
                         }
@@ -381,6 +385,26 @@ fn holds_nothing(pid: u32) -> bool {
         .nth(5)
         .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
     matches!(state, Some(b"Z") | Some(b"X")) || flags.is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// Whether descriptor `fd` of `pid` is a leak tracker's watcher's marked
+/// descriptor (its `fdinfo` lists the "cleanup pending" lock): the watcher
+/// judging the segment, not a user of it. The watcher applies the same
+/// rule, so that it and a manager's clean-up do not keep a segment for
+/// each other.
+fn holds_cleanup_mark(pid: u32, fd: u32) -> bool {
+    let Ok(info) = sys::proc_read(pid, &format!("fdinfo/{fd}")) else {
+        return false;
+    };
+    info.split(|&b| b == b'\n').any(|line| {
+        line.strip_prefix(b"lock:").is_some_and(|lock| {
+            let mut fields = lock
+                .split(|&b| b == b' ' || b == b'\t')
+                .filter(|f| !f.is_empty());
+            // "1: OFDLCK ADVISORY READ -1 00:1b:12 START END"
+            fields.nth(6).and_then(parse_dec::<i64>) == Some(sys::CLEANUP_MARK_START)
+        })
+    })
 }
 
 fn parse_hex_u32(s: &[u8]) -> Option<u32> {
@@ -953,6 +977,23 @@ mod tests {
         assert!(parse_lock_line(mark).is_none(), "a cleanup mark is no use");
         assert!(parse_lock_line(b"").is_none());
         assert!(parse_lock_line(b"4: FLOCK ADVISORY READ x 00:1b:7 0 EOF").is_none());
+    }
+
+    #[test]
+    fn a_watchers_marked_descriptor_is_no_use() {
+        let shm = crate::SharedMemory::create(64).unwrap();
+        let seg = segment(shm.name()).unwrap();
+        let marked = sys::shm_open_readonly(shm.name()).unwrap();
+        assert!(sys::set_cleanup_mark(&marked));
+        let me = sys::own_pid();
+        let fd = marked.as_raw_fd() as u32;
+        assert!(holds_cleanup_mark(me, fd));
+        assert!(!holds_cleanup_mark(me, shm.as_raw_fd() as u32));
+        // Our handle's descriptor is a use; the marked one is not.
+        let keys: HashSet<FileKey> = [seg.key].into();
+        let procs = Processes::scan_keys(&keys, &[shm.as_raw_fd()], &HashSet::new());
+        assert!(!procs.users(&seg).open_by.contains(&me));
+        shm.unlink().unwrap();
     }
 
     #[test]

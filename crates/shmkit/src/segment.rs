@@ -205,24 +205,42 @@ impl Options {
         if let Some(size) = size {
             check_size(size)?;
         }
-        let fd = sys::shm_open(bare, disposition, self.mode).map_err(|e| {
+        // A tracked create is recorded before the file exists, so a SIGKILL
+        // at any moment from here on leaves the watcher something to find.
+        let intent = if self.track && disposition != Disposition::Open {
+            crate::tracker::intend(bare)
+        } else {
+            None
+        };
+        let mut fd = sys::shm_open(bare, disposition, self.mode).map_err(|e| {
             // A directory: EINVAL, as glibc's shm_open (and so CPython)
             // answers, rather than open(2)'s EISDIR.
             let e = if e == Errno::ISDIR { Errno::INVAL } else { e };
             Error::from_errno("open", bare, e)
         })?;
         let created = disposition == Disposition::CreateNew;
-        let found = if created {
-            None
+        let (found, ino) = if created {
+            (None, None)
         } else {
-            Some(self.found_size(bare, &fd)?)
+            let (reopened, size, ino) = self.found_size(bare, fd)?;
+            fd = reopened;
+            (Some(size), Some(ino))
         };
         match self.size_and_map(bare, &fd, found, size) {
             Ok(region) => {
                 // Every handle marks the segment as in use, tracked or not,
                 // so no tracker unlinks it under us.
                 sys::hold(&fd);
-                let tracked = self.track && crate::tracker::register(bare);
+                let tracked = self.track && {
+                    let ino = match ino {
+                        Some(ino) => Some(ino),
+                        None => sys::fstat(&fd).ok().map(|st| st.st_ino),
+                    };
+                    // Registered before the intent is dropped, so one of
+                    // the two always covers the file.
+                    ino.is_some_and(|ino| crate::tracker::register(bare, ino))
+                };
+                drop(intent);
                 Ok(SharedMemory {
                     name: bare.to_owned(),
                     region,
@@ -236,6 +254,7 @@ impl Options {
                 if created {
                     let _ = sys::shm_unlink(bare);
                 }
+                drop(intent);
                 Err(err)
             }
         }
@@ -286,15 +305,17 @@ impl Options {
 }
 
 impl Options {
-    /// The size of the existing segment `fd`, its pages reserved if
-    /// [`reserve`](Self::reserve) asked for that on attach.
-    fn found_size(&self, name: &str, fd: &OwnedFd) -> Result<usize> {
-        let size = found_size(name, fd)?;
+    /// The size and inode of the existing segment `fd`, its pages reserved
+    /// if [`reserve`](Self::reserve) asked for that on attach, with the
+    /// descriptor to use from now on: `fd`, or a fresh one of the same name
+    /// (see [`found_size`]).
+    fn found_size(&self, name: &str, fd: OwnedFd) -> Result<(OwnedFd, usize, u64)> {
+        let (fd, size, ino) = found_size(name, fd)?;
         if self.reserve_open && size > 0 {
             // fallocate without KEEP_SIZE on [0, size) changes no size and
             // no byte: it only fills holes. tmpfs frees what it allocated
             // if it fails.
-            sys::reserve(fd, size as u64).map_err(|e| match e {
+            sys::reserve(&fd, size as u64).map_err(|e| match e {
                 Errno::NOSPC | Errno::FBIG => Error::NoSpace {
                     name: name.to_owned(),
                     size: size as u64,
@@ -302,18 +323,22 @@ impl Options {
                 e => Error::from_errno("reserve", name, e),
             })?;
         }
-        Ok(size)
+        Ok((fd, size, ino))
     }
 }
 
-/// The size of an existing segment, after waiting out a pending cleanup:
-/// when the segment's tracked users have all died and a watcher is
+/// The size and inode of an existing segment, after waiting out a pending
+/// cleanup: when the segment's tracked users have all died and a watcher is
 /// deciding whether to unlink it (`crate::tracker`), attaching would keep
 /// alive a segment that is leaked by every other measure (and CPython's
 /// tests attach the moment the creator is reaped). So the attach waits for
 /// the decision: an unlinked segment is not found; one that another live
 /// process holds is attached as usual. A watcher that takes over 2 s (the
 /// tracker's own bound) is not waited for further.
+///
+/// While it waits, the attach holds no descriptor of the segment (it
+/// reopens the name afterwards): the watcher counts every other open file
+/// of it as a user, and would keep it for the very attach that waits.
 ///
 /// The watcher's mark is an `fcntl` lock, which costs a system call to
 /// ask about, so it is asked only when the mode shows the watcher's hint
@@ -323,28 +348,48 @@ impl Options {
 /// Only a regular file is a segment: anything else someone put in
 /// `/dev/shm` (a FIFO, a device) fails as CPython's `mmap` fails on it,
 /// with `EINVAL`, and is never waited on or changed.
-fn found_size(name: &str, fd: &OwnedFd) -> Result<usize> {
-    let mut st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(Error::Io {
-            op: "map",
-            name: name.to_owned(),
-            source: std::io::Error::from_raw_os_error(Errno::INVAL.raw_os_error()),
-        });
-    }
-    if st.st_mode & sys::CLEANUP_HINT != 0 && sys::cleanup_pending(fd) {
-        sys::wait_cleanup_done(fd, std::time::Duration::from_secs(2));
-        st = sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e))?;
+fn found_size(name: &str, mut fd: OwnedFd) -> Result<(OwnedFd, usize, u64)> {
+    let stat = |fd: &OwnedFd| sys::fstat(fd).map_err(|e| Error::from_errno("stat", name, e));
+    let mut st = stat(&fd)?;
+    // A new file found under the name after the wait is judged afresh, once.
+    for _ in 0..2 {
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(Error::Io {
+                op: "map",
+                name: name.to_owned(),
+                source: std::io::Error::from_raw_os_error(Errno::INVAL.raw_os_error()),
+            });
+        }
+        // Unlinked since we opened it: a watcher's decision (its lease holds
+        // an open back until the unlink is done) or anyone's. Attaching
+        // would only map a segment nobody else can find.
         if st.st_nlink == 0 {
             return Err(Error::NotFound {
                 name: name.to_owned(),
             });
         }
+        if st.st_mode & sys::CLEANUP_HINT == 0 || !sys::cleanup_pending(&fd) {
+            break;
+        }
+        let key = sys::fd_stat(&fd)
+            .map_err(|e| Error::from_errno("stat", name, e))?
+            .key;
+        drop(fd);
+        sys::wait_cleanup_done(key, std::time::Duration::from_secs(2));
+        fd = sys::shm_open(name, Disposition::Open, 0o600).map_err(|e| {
+            let e = if e == Errno::ISDIR { Errno::INVAL } else { e };
+            Error::from_errno("open", name, e)
+        })?;
+        st = stat(&fd)?;
+        if st.st_ino == key.2 {
+            break;
+        }
     }
-    usize::try_from(st.st_size).map_err(|_| Error::InvalidSize {
+    let size = usize::try_from(st.st_size).map_err(|_| Error::InvalidSize {
         size: st.st_size as u64,
         reason: "larger than the address space",
-    })
+    })?;
+    Ok((fd, size, st.st_ino))
 }
 
 fn check_size(size: usize) -> Result<()> {
@@ -490,7 +535,8 @@ impl SharedMemory {
         let new = name::validate(new_name)?.to_owned();
         if self.tracked {
             crate::tracker::unregister(&self.name);
-            self.tracked = crate::tracker::register(&new);
+            let ino = sys::fstat(&self.fd).map_or(0, |st| st.st_ino);
+            self.tracked = crate::tracker::register(&new, ino);
         }
         self.name = new;
         Ok(())

@@ -643,7 +643,10 @@ impl Server {
 /// (and unregister) the name between the two.
 fn register(name: &str) {
     if let Ok(bare) = crate::name::validate(name) {
-        crate::tracker::register(bare);
+        // The inode ties the registration to this file, not to whatever a
+        // later create puts under the name (0, unknown, if it is gone).
+        let ino = sys::shm_stat(bare).map_or(0, |st| st.key.2);
+        crate::tracker::register(bare, ino);
     }
 }
 

@@ -494,13 +494,27 @@ pub(crate) fn cleanup_pending(fd: impl AsFd) -> bool {
 }
 
 /// Waits, at most `limit`, until no open file holds the "cleanup pending"
-/// mark on `fd`'s file. Polls every 200 µs:
-/// a watcher holds the mark while the dying process finishes its exit
-/// (milliseconds, more for a large one), and a blocking `F_OFD_SETLKW`
-/// could not be bounded without a signal.
-pub(crate) fn wait_cleanup_done(fd: impl AsFd, limit: std::time::Duration) {
+/// mark on the file `key`. Polls `/proc/locks` every 200 µs, which needs no
+/// descriptor of the file (a waiter's descriptor would count as a use
+/// with the watcher): a watcher holds the mark while the dying process
+/// finishes its exit (milliseconds, more for a large one), and a blocking
+/// `F_OFD_SETLKW` could not be bounded without a signal.
+pub(crate) fn wait_cleanup_done(key: FileKey, limit: std::time::Duration) {
     let start = std::time::Instant::now();
-    while cleanup_pending(&fd) && start.elapsed() < limit {
+    while cleanup_mark_held(key) && start.elapsed() < limit {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
+}
+
+/// Whether `/proc/locks` lists a "cleanup pending" mark on the file `key`.
+fn cleanup_mark_held(key: FileKey) -> bool {
+    let Ok(text) = proc_locks() else {
+        return false;
+    };
+    let file = format!("{:02x}:{:02x}:{} ", key.0, key.1, key.2);
+    let start = format!(" {CLEANUP_MARK_START} ");
+    text.split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        !line.contains("->") && line.contains(&file) && line.contains(&start)
+    })
 }

@@ -8,15 +8,21 @@
 //!   has (`sys::hold`). The lock lives as long as the open file
 //!   does, mapping included, and the kernel drops it when the process dies,
 //!   however it dies;
-//! * a *tracked* handle also writes its name into a table that this process
-//!   shares (`MAP_SHARED` anonymous memory, no syscall) with a small watcher
-//!   process, forked from this library the first time something is tracked;
+//! * a *tracked* handle also writes its name and inode into a table that
+//!   this process shares (`MAP_SHARED` memory, no syscall) with a small
+//!   watcher process, forked from this library the first time something is
+//!   tracked. A tracked create writes an intent first, before the file
+//!   exists, so that no SIGKILL between the two leaks it; the inode (or,
+//!   for an intent, the file's birth time) keeps the watcher off a file
+//!   someone else made under the same name;
 //! * the watcher blocks reading a pipe whose write end only this process (and
 //!   its fork children) hold. End of file means they are all gone. It then
-//!   tries `flock(LOCK_EX | LOCK_NB)` on a fresh descriptor of each name
-//!   still in the table: success means no live process has the segment open,
-//!   so it is unlinked, with CPython's warning on stderr; failure means
-//!   someone still uses it, and it is left alone;
+//!   judges each segment still in the table: `flock(LOCK_EX | LOCK_NB)`
+//!   fails if a shmkit handle lives; a write lease succeeds only if no
+//!   other open file of it exists at all; where the lease cannot decide,
+//!   `/proc` says who maps it, holds it open or locks it (the rule of
+//!   `shmkit ls`), so a stdlib process's segment is seen too. Unused, it is
+//!   unlinked, with CPython's warning on stderr; used, it is left alone;
 //! * as the process starts to exit, before its files are released, the
 //!   watcher marks its segments "cleanup pending" (`sys::set_cleanup_mark`),
 //!   and an attach that finds the mark waits for the outcome instead of
@@ -43,8 +49,14 @@ use rustix::process::Pid;
 /// tree. Pages are touched only where names land, so the 4 MiB reservation
 /// costs little.
 const SLOTS: usize = 1 << 14;
-/// A slot: state (4 bytes), name length (4), name (up to 255 bytes + pad).
-const SLOT_SIZE: usize = 8 + 256;
+/// A slot: state (4 bytes), name length (4), inode (8), intent time (8),
+/// name (up to 255 bytes + pad).
+const SLOT_SIZE: usize = NAME_AT + 256;
+/// Where in a slot the segment's inode number is kept (0: not known yet).
+const INO_AT: usize = 8;
+/// Where in a slot an intent's time is kept (see [`INTENT`]).
+const SINCE_AT: usize = 16;
+const NAME_AT: usize = 24;
 /// The first page holds a bitmap of the pages where slots were ever
 /// used, so the watcher's final scan touches only those (it races a parent
 /// that checks for the segment the moment its child is gone).
@@ -71,6 +83,7 @@ const _: () = assert!(PAGES.div_ceil(64) * 8 <= ROBUST_AT);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
 const _: () = assert!(ROBUST_AT + 64 <= MAIN_LOCKER_AT && MAIN_LOCKER_AT + 4 <= READY_AT);
 const _: () = assert!(READY_AT + 4 <= ROBUST_WORD_AT);
+const _: () = assert!(SLOT_SIZE % 8 == 0 && HEADER % 8 == 0);
 /// The memfd name of a table, as `/proc/PID/fd` shows it (`/memfd:NAME`).
 pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
 
@@ -106,6 +119,14 @@ const WRITING: u32 = 1;
 const VALID: u32 = 2;
 /// Was used; free for a new name, but lookups go on past it.
 const DELETED: u32 = 3;
+/// A create under this name is under way: written before `shm_open`, so
+/// that a SIGKILL between the file's birth and its registration (a large
+/// reservation takes a while) cannot leak it. Not a set member: each
+/// create has its own slot, dropped once the name is registered (`VALID`,
+/// with its inode) or the create failed. The watcher takes the file for
+/// ours only if it was born no earlier than the intent's time
+/// (`watcher::born_since`).
+const INTENT: u32 = 4;
 
 /// The table shared by this process, its fork children and the watcher.
 #[derive(Clone, Copy)]
@@ -271,7 +292,7 @@ impl Table {
         unsafe {
             let base = self.slot(i);
             let len = (*(base.add(4).cast::<AtomicU32>())).load(Ordering::Relaxed) as usize;
-            std::slice::from_raw_parts(base.add(8), len.min(255))
+            std::slice::from_raw_parts(base.add(NAME_AT), len.min(255))
         }
     }
 
@@ -281,8 +302,28 @@ impl Table {
         unsafe {
             let base = self.slot(i);
             (*(base.add(4).cast::<AtomicU32>())).store(name.len() as u32, Ordering::Relaxed);
-            std::ptr::copy_nonoverlapping(name.as_ptr(), base.add(8), name.len());
+            std::ptr::copy_nonoverlapping(name.as_ptr(), base.add(NAME_AT), name.len());
         }
+    }
+
+    /// The 8-byte word at byte `at` of slot `i` (`INO_AT`, `SINCE_AT`).
+    fn slot_word(&self, i: usize, at: usize) -> &AtomicU64 {
+        debug_assert!(at == INO_AT || at == SINCE_AT);
+        // SAFETY: inside slot i, which is inside the mapping; slots and
+        // these offsets are 8-byte aligned (HEADER and SLOT_SIZE are
+        // multiples of 8).
+        unsafe { &*(self.slot(i).add(at).cast::<AtomicU64>()) }
+    }
+
+    /// The inode of the segment registered in slot `i` (0: unknown).
+    fn ino(&self, i: usize) -> u64 {
+        self.slot_word(i, INO_AT).load(Ordering::Acquire)
+    }
+
+    /// When the intent in slot `i` was written (ns of the coarse real-time
+    /// clock).
+    fn since(&self, i: usize) -> u64 {
+        self.slot_word(i, SINCE_AT).load(Ordering::Acquire)
     }
 
     fn start(name: &[u8]) -> usize {
@@ -296,15 +337,43 @@ impl Table {
     }
 
     /// Adds `name` unless it is there already (a set, as CPython's tracker
-    /// keeps: attaching a hundred times registers once).
-    fn insert(&self, name: &[u8]) -> bool {
+    /// keeps: attaching a hundred times registers once), with the inode of
+    /// the file it names now: a name registered earlier for a file since
+    /// unlinked now stands for this one.
+    fn insert(&self, name: &[u8], ino: u64) -> bool {
+        self.claim(name, VALID, ino, 0).is_some()
+    }
+
+    /// Writes an intent for `name` (see [`INTENT`]) in a slot of its own;
+    /// returns the slot.
+    fn insert_intent(&self, name: &[u8], since: u64) -> Option<usize> {
+        self.claim(name, INTENT, 0, since)
+    }
+
+    /// Drops the intent in slot `i`.
+    fn drop_intent(&self, i: usize) {
+        if self
+            .state(i)
+            .compare_exchange(INTENT, DELETED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.trim(i);
+        }
+    }
+
+    fn claim(&self, name: &[u8], new: u32, ino: u64, since: u64) -> Option<usize> {
         let start = Self::start(name);
         for _ in 0..8 {
             let mut free = None;
             for k in 0..SLOTS {
                 let i = (start + k) & (SLOTS - 1);
                 match self.state(i).load(Ordering::Acquire) {
-                    VALID if self.name(i) == name => return true,
+                    VALID if new == VALID && self.name(i) == name => {
+                        if self.ino(i) != ino {
+                            self.slot_word(i, INO_AT).store(ino, Ordering::Release);
+                        }
+                        return Some(i);
+                    }
                     EMPTY => {
                         free.get_or_insert(i);
                         break;
@@ -315,9 +384,8 @@ impl Table {
                     _ => {}
                 }
             }
-            let Some(i) = free else {
-                return false; // full
-            };
+            // None: full.
+            let i = free?;
             let state = self.state(i);
             let seen = state.load(Ordering::Relaxed);
             if (seen == EMPTY || seen == DELETED)
@@ -327,12 +395,14 @@ impl Table {
             {
                 self.mark_used(i);
                 self.write_name(i, name);
-                state.store(VALID, Ordering::Release);
-                return true;
+                self.slot_word(i, INO_AT).store(ino, Ordering::Relaxed);
+                self.slot_word(i, SINCE_AT).store(since, Ordering::Relaxed);
+                state.store(new, Ordering::Release);
+                return Some(i);
             }
             // Another thread took that slot: look again.
         }
-        false
+        None
     }
 
     /// Keeps probe chains short: a tombstone at the end of a chain (the next
@@ -469,16 +539,51 @@ impl Tracker {
     }
 }
 
-/// Registers the validated (bare) `name` with this process's watcher,
-/// starting it if needed. Returns whether the name is now tracked.
-pub(crate) fn register(bare: &str) -> bool {
+/// Registers the validated (bare) `name`, whose file has inode `ino`,
+/// with this process's watcher, starting it if needed. Returns whether the
+/// name is now tracked.
+pub(crate) fn register(bare: &str, ino: u64) -> bool {
     let Some(t) = tracker() else {
         return false;
     };
     if t.check_due() && !t.watcher_alive() {
         t.relaunch();
     }
-    t.table.insert(bare.as_bytes())
+    t.table.insert(bare.as_bytes(), ino)
+}
+
+/// A create of a tracked segment under way (see [`INTENT`]); dropping it
+/// drops the record, so it must live until the name is registered or the
+/// create has failed (and what it made is unlinked).
+pub(crate) struct Intent {
+    slot: usize,
+}
+
+impl Drop for Intent {
+    fn drop(&mut self) {
+        if let Some(Some(t)) = TRACKER.get() {
+            t.table.drop_intent(self.slot);
+        }
+    }
+}
+
+/// Records, before `shm_open(O_CREAT)`, that this process is about to
+/// create `bare`; None if the tracker is unavailable or full (the create
+/// then goes on untracked until it registers).
+pub(crate) fn intend(bare: &str) -> Option<Intent> {
+    let t = tracker()?;
+    if t.check_due() && !t.watcher_alive() {
+        t.relaunch();
+    }
+    // The coarse clock is the one tmpfs stamps a new file's birth with, so
+    // a file this create makes is never stamped earlier than this.
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    let since = u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64);
+    let slot = t.table.insert_intent(bare.as_bytes(), since)?;
+    Some(Intent { slot })
 }
 
 /// Stops tracking the segment `name` in this process (and its fork

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use rustix::fs::{self, Mode, OFlags};
 
-use super::{map_table, Table, TABLE_MEMFD, TABLE_SIZE, VALID};
+use super::{map_table, Table, NAME_AT, TABLE_MEMFD, TABLE_SIZE, VALID};
 
 /// The names one process tree has registered with its tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,7 @@ fn copy_name(table: &Table, i: usize) -> Option<String> {
     }
     let bytes: Vec<u8> = (0..len)
         // SAFETY: as above; k < len <= 255 stays inside the slot.
-        .map(|k| unsafe { &*(base.add(8 + k).cast::<AtomicU8>()) }.load(Ordering::Relaxed))
+        .map(|k| unsafe { &*(base.add(NAME_AT + k).cast::<AtomicU8>()) }.load(Ordering::Relaxed))
         .collect();
     String::from_utf8(bytes).ok()
 }

@@ -13,7 +13,7 @@ use rustix::process::Pid;
 
 use std::sync::atomic::Ordering;
 
-use super::{Table, SLOTS, VALID};
+use super::{Table, INTENT, SLOTS, VALID};
 
 /// The sentinel: one page of a memfd on which this process holds
 /// `LOCK_EX`, mapped below every segment and with no descriptor left open.
@@ -288,10 +288,13 @@ fn unmap_segments() {
 /// Calls `f` on each line of the file at `path` (a line longer than the
 /// 8 KiB buffer is skipped) until it returns false; false if the file
 /// cannot be opened. No allocation.
-fn each_line(path: &CStr, mut f: impl FnMut(&[u8]) -> bool) -> bool {
-    let Ok(file) = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
-        return false;
-    };
+fn each_line(path: &CStr, f: impl FnMut(&[u8]) -> bool) -> bool {
+    each_line_at(path, f).is_ok()
+}
+
+/// [`each_line`], with the reason the file could not be opened.
+fn each_line_at(path: &CStr, mut f: impl FnMut(&[u8]) -> bool) -> Result<(), Errno> {
+    let file = fs::openat(CWD, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     let mut buf = [0u8; 8192];
     let mut have = 0;
     loop {
@@ -306,7 +309,7 @@ fn each_line(path: &CStr, mut f: impl FnMut(&[u8]) -> bool) -> bool {
             let line = &buf[start..start + nl];
             start += nl + 1;
             if !f(line) {
-                return true;
+                return Ok(());
             }
         }
         // Keep the unfinished line; drop one that fills the buffer.
@@ -317,7 +320,7 @@ fn each_line(path: &CStr, mut f: impl FnMut(&[u8]) -> bool) -> bool {
             have = end - start;
         }
         if n == 0 {
-            return true;
+            return Ok(());
         }
     }
 }
@@ -401,8 +404,8 @@ fn run(
             // relaunched by a fork child (whose death is not the table
             // owner's). Another thread than the main one often dies alone
             // (a server's connection thread), so its death sets marks only
-            // once the process is seen exiting: a mark is an open file of
-            // the segment, which a judge of its use would count.
+            // once the process is seen exiting: a mark makes every attacher
+            // of the segment wait.
             if owner == parent.as_raw_nonzero().get() && (table.main_locker() || exiting_now(owner))
             {
                 marks.set_all(&table);
@@ -467,6 +470,8 @@ fn run(
 /// not allocate. Closing a file drops its mark; `_exit` closes any left.
 struct Marks {
     fds: [RawFd; MAX_MARKS],
+    /// The table slot each mark is for.
+    slots: [usize; MAX_MARKS],
     /// Whether we set the mode hint on each (and must clear it again).
     hinted: [bool; MAX_MARKS],
     len: usize,
@@ -481,6 +486,7 @@ impl Marks {
     fn new() -> Self {
         Marks {
             fds: [-1; MAX_MARKS],
+            slots: [usize::MAX; MAX_MARKS],
             hinted: [false; MAX_MARKS],
             len: 0,
         }
@@ -501,14 +507,29 @@ impl Marks {
             let Some(fd) = open_segment(table.name(i)) else {
                 continue;
             };
+            // Not a file someone else made since under the name.
+            let ino = table.ino(i);
+            if ino != 0 && fs::fstat(&fd).map_or(true, |st| st.st_ino != ino) {
+                continue;
+            }
             if crate::sys::set_cleanup_mark(&fd) {
                 // Mark first, hint second: an attacher that sees the hint
                 // always finds the mark.
                 self.hinted[self.len] = crate::sys::set_cleanup_hint(&fd, true);
                 self.fds[self.len] = std::os::fd::IntoRawFd::into_raw_fd(fd);
+                self.slots[self.len] = i;
                 self.len += 1;
             }
         }
+    }
+
+    /// The marked descriptor of slot `i`'s segment, if it has one: the
+    /// probe uses it rather than open another (see `probe`).
+    fn fd_of(&self, i: usize) -> Option<BorrowedFd<'_>> {
+        let k = self.slots[..self.len].iter().position(|&s| s == i)?;
+        // SAFETY: a descriptor this struct opened and owns; the borrow ends
+        // before `clear` closes it (it needs `&mut self`).
+        Some(unsafe { BorrowedFd::borrow_raw(self.fds[k]) })
     }
 
     /// Drops every mark, and the hints of segments still linked.
@@ -577,12 +598,6 @@ fn first_of_name(table: &Table, i: usize) -> bool {
         .used_slots()
         .take_while(|&j| j < i)
         .all(|j| table.state(j).load(Ordering::Acquire) != VALID || table.name(j) != name)
-}
-
-enum Probe {
-    Gone,
-    Unlinked,
-    InUse,
 }
 
 /// Blocks until the tracking thread dies (true), or until end of file on
@@ -690,32 +705,53 @@ fn exiting_now(pid: i32) -> bool {
     stat_field(pid, 9).is_none_or(|flags| flags & PF_EXITING != 0)
 }
 
-/// Whether every process that holds a `flock` on segment `name` is
+/// A segment file's identity, as `/proc` prints it.
+#[derive(Clone, Copy)]
+struct Key {
+    major: u32,
+    minor: u32,
+    ino: u64,
+}
+
+/// Whether `MAJOR:MINOR:INODE` (hex, hex, decimal: `/proc/locks`) is `key`.
+fn is_lock_file(field: &[u8], key: Key) -> bool {
+    let mut parts = field.split(|&b| b == b':');
+    parts.next().and_then(parse_hex) == Some(key.major as usize)
+        && parts.next().and_then(parse_hex) == Some(key.minor as usize)
+        && parts.next().and_then(parse_dec) == Some(key.ino)
+}
+
+/// The fields of a held lock in a line of `/proc/locks`
+/// (`ID: KIND MODE ACCESS PID MAJOR:MINOR:INODE START END`): pid, file,
+/// start. None for a waiter (`ID: -> …`), which holds nothing.
+fn lock_fields(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty()).skip(1);
+    if fields.next()? == b"->" {
+        return None;
+    }
+    let pid = fields.nth(2)?;
+    Some((pid, fields.next()?, fields.next()?))
+}
+
+/// Whether a lock starting at `start` is a watcher's "cleanup pending"
+/// mark, which says a watcher is judging the segment, not that anyone uses
+/// it (`inspect` skips it too).
+fn is_mark_start(start: &[u8]) -> bool {
+    parse_dec(start) == Some(crate::sys::CLEANUP_MARK_START as u64)
+}
+
+/// Whether every process that holds a `flock` on the segment `key` is
 /// exiting, per `/proc/locks`: one that died with ours and is still closing
 /// its files, after which a retry finds the segment free. A live holder
 /// makes it that process's business (it may be about to unlink it
 /// itself), so no retry. True when it cannot be told.
-fn held_only_by_exiting(name: &[u8]) -> bool {
-    let Some(st) = open_segment(name).and_then(|fd| fs::fstat(&fd).ok()) else {
-        return true;
-    };
-    let (major, minor) = (fs::major(st.st_dev), fs::minor(st.st_dev));
+fn held_only_by_exiting(key: Key) -> bool {
     let mut live_holder = false;
-    // Lines read "1: FLOCK  ADVISORY  READ 4242 00:1b:12345 0 EOF"; a
-    // blocked request has "->" after the number.
     each_line(c"/proc/locks", |line| {
-        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty()).skip(1);
-        if fields.next() != Some(b"FLOCK") {
-            return true;
-        }
-        let (Some(pid), Some(file)) = (fields.nth(2), fields.next()) else {
+        let Some((pid, file, _)) = lock_fields(line) else {
             return true;
         };
-        let mut parts = file.split(|&b| b == b':');
-        let same = parts.next().and_then(parse_hex) == Some(major as usize)
-            && parts.next().and_then(parse_hex) == Some(minor as usize)
-            && parts.next().and_then(parse_dec) == Some(st.st_ino);
-        if same {
+        if line.split(|&b| b == b' ').any(|f| f == b"FLOCK") && is_lock_file(file, key) {
             live_holder = parse_dec(pid)
                 .and_then(|p| i32::try_from(p).ok())
                 .is_some_and(|p| !exiting_now(p));
@@ -723,6 +759,259 @@ fn held_only_by_exiting(name: &[u8]) -> bool {
         !live_holder
     });
     !live_holder
+}
+
+/// What a look at a segment's users found, from the weakest claim on it to
+/// the strongest; several findings combine into the strongest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Users {
+    /// Nobody but us.
+    None,
+    /// Only processes that are exiting (died with ours, still closing
+    /// their files): worth a retry.
+    Exiting,
+    /// A process that could have it open could not be inspected (another
+    /// user's, without privilege): kept, as no use is not proven.
+    Unknown,
+    /// A live process maps it, holds it open or holds a lock on it.
+    Live,
+}
+
+/// Who uses the segment `key` (owned by `uid`, permission bits `mode`)
+/// besides this watcher, by the rule `shmkit ls` applies
+/// (`crate::inspect`): a mapping, an open descriptor or a lock, in any
+/// process this one may inspect, read from `/proc` with stack buffers only.
+/// A watcher's descriptors that hold a "cleanup pending" mark are not
+/// uses: they are how watchers judge, and two watchers judging the same
+/// segment must not keep it for each other.
+fn users_of(key: Key, uid: u32, mode: u32) -> Users {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let mut found = Users::None;
+    each_line(c"/proc/locks", |line| {
+        let Some((pid, file, start)) = lock_fields(line) else {
+            return true;
+        };
+        if !is_lock_file(file, key) || is_mark_start(start) {
+            return true;
+        }
+        // The kernel prints -1 for an OFD lock, 0 for another namespace's
+        // taker: either way a lock proves an open file, so a use.
+        let pid = parse_signed(pid).unwrap_or(0);
+        if pid == i64::from(me) {
+            return true; // our own probe's flock
+        }
+        let exiting = i32::try_from(pid).is_ok_and(|p| p > 0 && exiting_now(p));
+        found = found.max(if exiting { Users::Exiting } else { Users::Live });
+        found != Users::Live
+    });
+    if found == Users::Live {
+        return found;
+    }
+    let Ok(proc_dir) = fs::openat(
+        CWD,
+        c"/proc",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Users::Unknown;
+    };
+    let mut space = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = fs::RawDir::new(proc_dir.as_fd(), &mut space);
+    while let Some(Ok(entry)) = entries.next() {
+        let Some(pid) = parse_dec(entry.file_name().to_bytes()).and_then(|p| i32::try_from(p).ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        found = found.max(process_uses(pid, key, uid, mode));
+        if found == Users::Live {
+            break;
+        }
+    }
+    found
+}
+
+/// Whether process `pid` maps or holds open the segment `key`.
+fn process_uses(pid: i32, key: Key, uid: u32, mode: u32) -> Users {
+    let mut uses = false;
+    let mut blind = false;
+    let maps = proc_path(pid, b"/maps");
+    // "START-END PERMS OFFSET MAJOR:MINOR INODE [PATH]"
+    let read = maps.as_ref().map_or(Err(Errno::INVAL), |p| {
+        each_line_at(p.c_str(), |line| {
+            let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+            let dev = fields.nth(3).unwrap_or(b"");
+            let ino = fields.next().and_then(parse_dec);
+            let mut parts = dev.split(|&b| b == b':');
+            uses = ino == Some(key.ino)
+                && parts.next().and_then(parse_hex) == Some(key.major as usize)
+                && parts.next().and_then(parse_hex) == Some(key.minor as usize);
+            !uses
+        })
+    });
+    match read {
+        Ok(()) => {}
+        Err(Errno::NOENT | Errno::SRCH) => return Users::None, // gone
+        Err(_) => blind = true,
+    }
+    if !uses {
+        match open_fds_use(pid, key) {
+            Ok(found) => uses = found,
+            Err(Errno::NOENT | Errno::SRCH) => return Users::None,
+            Err(_) => blind = true,
+        }
+    }
+    if uses {
+        return if exiting_now(pid) {
+            Users::Exiting
+        } else {
+            Users::Live
+        };
+    }
+    if blind && !holds_nothing(pid) && could_open(pid, uid, mode) {
+        return Users::Unknown;
+    }
+    Users::None
+}
+
+/// Whether a descriptor of process `pid` other than a watcher's mark is
+/// open on the segment `key`.
+fn open_fds_use(pid: i32, key: Key) -> Result<bool, Errno> {
+    let path = proc_path(pid, b"/fd").ok_or(Errno::INVAL)?;
+    let dir = fs::openat(
+        CWD,
+        path.c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut space = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = fs::RawDir::new(dir.as_fd(), &mut space);
+    let mut target = [0u8; 32];
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(fd) = parse_dec(name.to_bytes()) else {
+            continue;
+        };
+        // Segments live in /dev/shm (a renamed or unlinked one too, with
+        // " (deleted)" after it): skip everything else without a stat.
+        let Ok(len) = fs::readlinkat_raw(&dir, name, &mut target[..]) else {
+            continue;
+        };
+        if !target[..len.min(target.len())].starts_with(b"/dev/shm/") {
+            continue;
+        }
+        let Ok(st) = fs::statat(&dir, name, fs::AtFlags::empty()) else {
+            continue;
+        };
+        if st.st_ino == key.ino
+            && fs::major(st.st_dev) == key.major
+            && fs::minor(st.st_dev) == key.minor
+            && !holds_mark(pid, fd)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether descriptor `fd` of process `pid` holds a "cleanup pending" mark
+/// (`/proc/PID/fdinfo/FD` lists the locks an open file holds).
+fn holds_mark(pid: i32, fd: u64) -> bool {
+    let mut path = Line::new();
+    path.push(b"/proc/")
+        .num(pid as usize)
+        .push(b"/fdinfo/")
+        .num(fd as usize)
+        .push(b"\0");
+    let Ok(c) = CStr::from_bytes_with_nul(&path.buf[..path.len]) else {
+        return false;
+    };
+    let mut mark = false;
+    each_line(c, |line| {
+        // "lock:\t1: OFDLCK ADVISORY READ -1 00:1b:12 START END"
+        if let Some(rest) = line.strip_prefix(b"lock:") {
+            mark = lock_fields(rest.trim_ascii_start()).is_some_and(|(_, _, s)| is_mark_start(s));
+        }
+        !mark
+    });
+    mark
+}
+
+/// `/proc/PID` followed by `tail`, NUL-terminated.
+fn proc_path(pid: i32, tail: &[u8]) -> Option<Line> {
+    let mut path = Line::new();
+    path.push(b"/proc/")
+        .num(usize::try_from(pid).ok()?)
+        .push(tail)
+        .push(b"\0");
+    Some(path)
+}
+
+impl Line {
+    fn c_str(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[..self.len]).unwrap_or(c"/")
+    }
+}
+
+/// Whether `pid` can hold no file at all: a zombie, or a kernel thread.
+fn holds_nothing(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let zombie = proc_path(pid, b"/stat").is_some_and(|p| {
+        let mut buf = [0u8; 1024];
+        let Ok(fd) = fs::openat(
+            CWD,
+            p.c_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return true; // gone
+        };
+        let len = rustix::io::read(&fd, &mut buf).unwrap_or(0);
+        buf[..len]
+            .iter()
+            .rposition(|&b| b == b')')
+            .and_then(|at| buf.get(at + 2))
+            .is_some_and(|&state| state == b'Z' || state == b'X')
+    });
+    zombie || stat_field(pid, 9).is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// Whether process `pid`, whose `/proc` entries this watcher may not read,
+/// could have opened a segment owned by `uid` with permission bits `mode`:
+/// always if the mode lets its group or others in, else if one of its user
+/// ids is root's or the owner's (the rule the manager's clean-up applies;
+/// `/proc/PID/status` is readable by all). One gone meanwhile could not.
+fn could_open(pid: i32, uid: u32, mode: u32) -> bool {
+    if mode & 0o077 != 0 {
+        return true;
+    }
+    let Some(path) = proc_path(pid, b"/status") else {
+        return true;
+    };
+    let mut could = true;
+    let opened = each_line(path.c_str(), |line| {
+        let Some(ids) = line.strip_prefix(b"Uid:") else {
+            return true;
+        };
+        could = ids
+            .split(|&b| b == b'\t' || b == b' ')
+            .filter(|f| !f.is_empty())
+            .any(|f| parse_dec(f).is_none_or(|u| u == 0 || u == u64::from(uid)));
+        false
+    });
+    opened && could
+}
+
+fn parse_signed(s: &[u8]) -> Option<i64> {
+    match s.strip_prefix(b"-") {
+        Some(digits) => parse_dec(digits)
+            .and_then(|v| i64::try_from(v).ok())
+            .map(|v| -v),
+        None => parse_dec(s).and_then(|v| i64::try_from(v).ok()),
+    }
 }
 
 fn parse_dec(s: &[u8]) -> Option<u64> {
@@ -761,7 +1050,7 @@ fn stat_field(pid: i32, n: usize) -> Option<u64> {
 
 /// Unlinks `name` if it still names the file `fd` has open, and that file
 /// has not been unlinked already (by another watcher, a peer, `shmkit gc`).
-fn unlink_if_same(name: &[u8], fd: &OwnedFd) -> bool {
+fn unlink_if_same(name: &[u8], fd: BorrowedFd<'_>) -> bool {
     let Some(path) = Path::new(name) else {
         return false;
     };
@@ -789,43 +1078,197 @@ fn open_segment(name: &[u8]) -> Option<OwnedFd> {
     .ok()
 }
 
-fn probe(name: &[u8]) -> Probe {
-    let Some(fd) = open_segment(name) else {
+/// Which file under a slot's name is the one the slot stands for.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A registered segment: this inode (0: whatever is there).
+    Ino(u64),
+    /// An intent: a file born no earlier than this (ns), unless it is the
+    /// inode `.1`, which a registration of the same name covers.
+    BornSince(u64, u64),
+}
+
+fn want(table: &Table, i: usize) -> Want {
+    if table.state(i).load(Ordering::Acquire) == INTENT {
+        let name = table.name(i);
+        let registered = table
+            .used_slots()
+            .find(|&j| table.state(j).load(Ordering::Acquire) == VALID && table.name(j) == name)
+            .map_or(0, |j| table.ino(j));
+        Want::BornSince(table.since(i), registered)
+    } else {
+        Want::Ino(table.ino(i))
+    }
+}
+
+/// Whether a file with status `st` was born at `since` (ns) or later.
+///
+/// An intent is written before `shm_open(O_CREAT | O_EXCL)`, stamped with
+/// the coarse real-time clock that tmpfs stamps a new file's birth with,
+/// so the file that create makes is never born earlier than its intent. A
+/// file born earlier existed before the create began: someone else's (the
+/// create failed with EEXIST and its process died before dropping the
+/// intent), never unlinked for it. A file born in the same clock tick just
+/// before the intent cannot be told from ours; that needs someone else to
+/// create the same name within the tick and our create to die before
+/// dropping its intent, and the file is still unlinked only once nobody
+/// uses it. Without a birth time (a filesystem that keeps none), the last
+/// status change stands in: never earlier than the birth, so a file of
+/// ours still passes, and only a recent change can make another's pass.
+fn born_since(st: &fs::Statx, since: u64) -> bool {
+    let t = if fs::StatxFlags::from_bits_retain(st.stx_mask).contains(fs::StatxFlags::BTIME) {
+        st.stx_btime
+    } else {
+        st.stx_ctime
+    };
+    let ns = u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(t.tv_nsec));
+    ns >= since
+}
+
+enum Probe {
+    /// No such file: unlinked by someone else.
+    Gone,
+    /// A file that is not the slot's (see [`Want`]): left alone.
+    Foreign,
+    Unlinked,
+    /// Still used; `retry` when only exiting processes use it.
+    InUse {
+        retry: bool,
+    },
+}
+
+/// Decides for one slot's segment, and unlinks it if nobody uses it.
+///
+/// `marked` is this watcher's marked descriptor of it, if any: the lease
+/// below fails while this process has two open files of the segment.
+/// Otherwise a fresh descriptor is opened, and marked too, so that another
+/// watcher judging the same segment at the same moment does not count it
+/// as a user.
+///
+/// The cheap checks come first: `flock(LOCK_EX | LOCK_NB)` fails if any
+/// shmkit handle lives; then a write lease, which the kernel grants only
+/// if no other open file of the segment exists anywhere (a descriptor or
+/// a mapping, whoever holds it), so granted means unused. It needs the
+/// file's owner or CAP_LEASE; where it is refused, or fails because some
+/// open file exists, `/proc` is read to find out whose (`users_of`).
+fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
+    let fresh;
+    let fd = match marked {
+        Some(fd) => fd,
+        None => {
+            let Some(fd) = open_segment(name) else {
+                return Probe::Gone;
+            };
+            fresh = fd;
+            fresh.as_fd()
+        }
+    };
+    let Ok(st) = fs::statx(
+        fd,
+        c"",
+        fs::AtFlags::EMPTY_PATH,
+        fs::StatxFlags::BASIC_STATS | fs::StatxFlags::BTIME,
+    ) else {
         return Probe::Gone;
     };
-    match fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(_) => return Probe::InUse,
+    if u32::from(st.stx_mode) & 0o170000 != 0o100000 {
+        return Probe::Foreign;
     }
-    // Another watcher may have unlinked it while we waited for the lock.
-    if unlink_if_same(name, &fd) {
-        Probe::Unlinked
+    let ours = match want {
+        Want::Ino(ino) => ino == 0 || ino == st.stx_ino,
+        Want::BornSince(since, registered) => st.stx_ino != registered && born_since(&st, since),
+    };
+    if !ours {
+        return Probe::Foreign;
+    }
+    if marked.is_none() {
+        crate::sys::set_cleanup_mark(fd);
+    }
+    let key = Key {
+        major: st.stx_dev_major,
+        minor: st.stx_dev_minor,
+        ino: st.stx_ino,
+    };
+    if fs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Probe::InUse {
+            retry: held_only_by_exiting(key),
+        };
+    }
+    let leased = set_lease(fd, libc::F_WRLCK);
+    let users = if leased {
+        Users::None
     } else {
-        Probe::Gone
+        users_of(key, st.stx_uid, u32::from(st.stx_mode) & 0o7777)
+    };
+    let outcome = match users {
+        // Another watcher may have unlinked it meanwhile.
+        Users::None if unlink_if_same(name, fd) => Probe::Unlinked,
+        Users::None => Probe::Gone,
+        Users::Exiting => Probe::InUse { retry: true },
+        Users::Unknown | Users::Live => Probe::InUse { retry: false },
+    };
+    if leased {
+        set_lease(fd, libc::F_UNLCK);
     }
+    // A marked descriptor stays open until the marks are dropped; its lock
+    // must not turn away the shmkit handles attaching meanwhile.
+    let _ = fs::flock(fd, FlockOperation::Unlock);
+    outcome
+}
+
+/// `fcntl(F_SETLEASE)`: whether it succeeded. An attempt to open the file
+/// while we hold the write lease waits for us to release it (microseconds:
+/// only the unlink comes between).
+fn set_lease(fd: BorrowedFd<'_>, kind: libc::c_int) -> bool {
+    // SAFETY: a plain system call on a descriptor we hold; it reads and
+    // writes no memory of ours.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind) == 0 }
 }
 
 /// Unlinks the leftover segments in `table`, then drops `marks`, so that
 /// processes waiting to attach see the outcome.
 fn cleanup(table: Table, marks: &mut Marks) {
-    let valid = |i: usize| table.state(i).load(Ordering::Acquire) == VALID;
+    let live = |i: usize| match table.state(i).load(Ordering::Acquire) {
+        VALID => first_of_name(&table, i),
+        INTENT => true,
+        _ => false,
+    };
     let has = |set: &[u64], i: usize| set[i / 64] & (1 << (i % 64)) != 0;
     // Unlink first, talk later: a parent may be checking for the segment
     // the moment its child is gone.
     // CPython's count: names registered and not unregistered, once each,
     // those someone else unlinked included (CPython's own tests count
-    // them, and expect the FileNotFoundError line each gets).
+    // them, and expect the FileNotFoundError line each gets). An intent
+    // counts only if it left a file of ours.
     let mut leaked = 0usize;
     let mut gone = [0u64; SLOTS / 64];
     // Names still in use (see the retries below).
     let mut pending = [0u64; SLOTS / 64];
-    for i in table.used_slots() {
-        if valid(i) && first_of_name(&table, i) {
-            leaked += 1;
-            match probe(table.name(i)) {
-                Probe::InUse => pending[i / 64] |= 1 << (i % 64),
-                Probe::Gone => gone[i / 64] |= 1 << (i % 64),
-                Probe::Unlinked => {}
+    let mut retry = [0u64; SLOTS / 64];
+    // Registrations first: an intent for the same file defers to them.
+    for pass in [VALID, INTENT] {
+        for i in table.used_slots() {
+            if table.state(i).load(Ordering::Acquire) != pass || !live(i) {
+                continue;
+            }
+            let intent = pass == INTENT;
+            match probe(table.name(i), want(&table, i), marks.fd_of(i)) {
+                Probe::InUse { retry: again } => {
+                    leaked += 1;
+                    pending[i / 64] |= 1 << (i % 64);
+                    if again {
+                        retry[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                Probe::Gone | Probe::Foreign if !intent => {
+                    leaked += 1;
+                    gone[i / 64] |= 1 << (i % 64);
+                }
+                Probe::Unlinked => leaked += 1,
+                Probe::Gone | Probe::Foreign => {}
             }
         }
     }
@@ -848,23 +1291,24 @@ fn cleanup(table: Table, marks: &mut Marks) {
             .push(b"'\n")
             .emit();
     }
-    // Retried a few times: names whose every holder is itself exiting (it
+    // Retried a few times: names whose every user is itself exiting (it
     // died with ours and is still closing its files).
-    let mut retry = [0u64; SLOTS / 64];
-    for i in (0..SLOTS).filter(|&i| has(&pending, i)) {
-        if held_only_by_exiting(table.name(i)) {
-            retry[i / 64] |= 1 << (i % 64);
-        }
-    }
     for delay in [10, 20, 40, 80, 150] {
         if retry.iter().all(|&w| w == 0) {
             break;
         }
         sleep_ms(delay);
         for i in 0..SLOTS {
-            if has(&retry, i) && !matches!(probe(table.name(i)), Probe::InUse) {
-                retry[i / 64] &= !(1 << (i % 64));
-                pending[i / 64] &= !(1 << (i % 64));
+            if !has(&retry, i) {
+                continue;
+            }
+            match probe(table.name(i), want(&table, i), None) {
+                Probe::InUse { retry: true } => {}
+                Probe::InUse { retry: false } => retry[i / 64] &= !(1 << (i % 64)),
+                _ => {
+                    retry[i / 64] &= !(1 << (i % 64));
+                    pending[i / 64] &= !(1 << (i % 64));
+                }
             }
         }
     }
