@@ -22,7 +22,7 @@ import shm_helpers as h
 
 pytestmark = [pytest.mark.kill, pytest.mark.shmkit_only]
 
-ROUNDS = int(os.environ.get("SHMKIT_KILL_ROUNDS", "10"))
+ROUNDS = h.kill_rounds()
 GRACE = 2.0
 
 # argv: scenario, prefix. The child prints "ready" just before the work
