@@ -34,8 +34,11 @@ test:
 rust-test:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p shmkit --no-default-features --all-targets -- -D warnings
+	cargo clippy -p shmkit --no-default-features --features list --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q -p shmkit -p shmkit-cli
 	scripts/private-shm cargo test $(CARGO_TEST_CRATES)
+	scripts/private-shm cargo test -p shmkit --no-default-features --lib
 
 python-test: $(foreach v,$(PYTHONS),.venv-$(v)/.developed)
 	@set -e; for v in $(PYTHONS); do \

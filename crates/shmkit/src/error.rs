@@ -122,9 +122,11 @@ pub enum Error {
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),
     /// A [`ShareableList`](crate::ShareableList) operation was refused.
+    #[cfg(feature = "list")]
     #[error(transparent)]
     List(#[from] crate::list::ListError),
     /// A [`manager`](crate::manager) operation failed.
+    #[cfg(feature = "manager")]
     #[error(transparent)]
     Manager(#[from] crate::manager::ManagerError),
     /// Any other failure of a system call.
@@ -153,6 +155,7 @@ impl Error {
             Error::PermissionDenied { .. } => Some(Errno::ACCESS.raw_os_error()),
             Error::InvalidFlags(_) => Some(Errno::INVAL.raw_os_error()),
             Error::Io { source, .. } => source.raw_os_error(),
+            #[cfg(feature = "manager")]
             Error::Manager(e) => e.errno(),
             _ => None,
         }

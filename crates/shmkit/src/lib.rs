@@ -26,23 +26,31 @@
 #![warn(missing_docs)]
 
 mod error;
+#[cfg(feature = "manager")]
 pub mod inspect;
+#[cfg(feature = "list")]
 pub mod list;
+#[cfg(feature = "manager")]
 pub mod manager;
 pub mod name;
+#[cfg(feature = "list")]
 pub mod pyrepr;
 mod region;
 mod segment;
+// Without the manager, the calls only it makes go unused.
+#[cfg_attr(not(feature = "manager"), allow(dead_code))]
 mod sys;
 pub mod tracker;
 
 pub use error::{Error, NameProblem, Result};
+#[cfg(feature = "list")]
 pub use list::ShareableList;
+#[cfg(feature = "manager")]
 pub use manager::SharedMemoryManager;
 pub use region::Region;
 pub use segment::{exists, rename, unlink, Options, RenameFlags, SharedMemory};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "manager"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;

@@ -615,6 +615,7 @@ pub fn exists(name: &str) -> bool {
 
 /// Serialized as its name alone, so a handle can travel to another process
 /// in any serde format.
+#[cfg(feature = "serde")]
 impl serde::Serialize for SharedMemory {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.name)
@@ -631,6 +632,7 @@ impl serde::Serialize for SharedMemory {
 /// # shm.unlink()?;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
+#[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for SharedMemory {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;

@@ -193,6 +193,7 @@ fn rename_replaces_refuses_or_exchanges() {
 }
 
 #[test]
+#[cfg(feature = "serde")]
 fn serde_carries_the_name_and_attaches() {
     let shm = SharedMemory::create(32).unwrap();
     let _c = Cleanup(vec![shm.name().to_owned()]);

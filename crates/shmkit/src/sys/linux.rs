@@ -163,6 +163,7 @@ pub(crate) fn exists(name: &str) -> bool {
 /// A socket that becomes readable each time this process gets `SIGTERM`
 /// (which then no longer kills it), so that a manager process can unlink
 /// its segments before it exits.
+#[cfg(feature = "manager")]
 pub(crate) fn sigterm_socket() -> std::io::Result<std::os::unix::net::UnixStream> {
     let (read, write) = std::os::unix::net::UnixStream::pair()?;
     write.set_nonblocking(true)?;
@@ -249,6 +250,7 @@ pub(crate) fn process_exists(pid: u32) -> bool {
 /// Makes `SIGINT` harmless to this process, as CPython's manager process
 /// ignores it: a Ctrl-C meant for the parent must not kill the server.
 /// (A handler that does nothing, which unlike `SIG_IGN` needs no `unsafe`.)
+#[cfg(feature = "manager")]
 pub(crate) fn ignore_sigint() -> std::io::Result<()> {
     static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let installed = *INSTALLED.get_or_init(|| {
