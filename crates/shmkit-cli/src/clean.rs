@@ -1,7 +1,8 @@
 //! `shmkit rm` and `shmkit gc`: unlinking, never under a live user.
 
-use shmkit::inspect::{self, Processes, Removal, Usage, Users};
+use shmkit::usage::{self, Processes, Usage, Users};
 
+use crate::inspect::{self, Removal};
 use crate::out::{self, Out, Quoted};
 use crate::{EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
 
@@ -90,7 +91,7 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool, verbose: bool) -
         }
     }
     let prefixes: Vec<&str> = prefixes.iter().map(|p| p.trim_start_matches('/')).collect();
-    let all = match inspect::segments() {
+    let all = match usage::segments() {
         Ok(s) => s,
         Err(e) => return out::fail(&e.to_string()),
     };

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 mod clean;
 mod demo;
 mod hexdump;
+pub mod inspect;
 mod ls;
 mod out;
 mod serve;

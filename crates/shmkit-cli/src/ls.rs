@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
-use shmkit::inspect::{self, Contents, Processes, Segment, Usage, Users};
+use shmkit::usage::{self, Processes, SegmentInfo, Usage, Users};
+
+use crate::inspect::{self, Contents};
 
 use crate::out::{self, Out};
 
@@ -131,7 +133,7 @@ enum Holds {
 }
 
 impl Holds {
-    fn of(segment: &Segment) -> Holds {
+    fn of(segment: &SegmentInfo) -> Holds {
         match inspect::contents(&segment.name) {
             Ok(Contents::Empty) => Holds::Empty,
             Ok(Contents::ShareableList { len }) => Holds::ShareableList { items: len },
@@ -184,7 +186,7 @@ fn users_of(users: &Users) -> Vec<User> {
 }
 
 pub fn run(json: bool, verbose: bool) -> i32 {
-    let segments = match inspect::segments() {
+    let segments = match usage::segments() {
         Ok(s) => s,
         Err(e) => return out::fail(&e.to_string()),
     };
@@ -215,7 +217,7 @@ pub fn run(json: bool, verbose: bool) -> i32 {
 }
 
 fn entry(
-    s: &Segment,
+    s: &SegmentInfo,
     procs: &Processes,
     tracked: &HashMap<String, Vec<i32>>,
     names: &HashMap<u32, String>,

@@ -1,10 +1,10 @@
 //! `shmkit show NAME`: a ShareableList item by item, or a hexdump.
 
 use serde::Serialize;
-use shmkit::inspect::{self, ListCopy};
 use shmkit::list::Value;
 
 use crate::hexdump;
+use crate::inspect::{self, ListCopy};
 use crate::out::{self, Out, Quoted};
 
 /// What `show` was asked for on the command line.

@@ -26,8 +26,6 @@
 #![warn(missing_docs)]
 
 mod error;
-#[cfg(feature = "manager")]
-pub mod inspect;
 #[cfg(feature = "list")]
 pub mod list;
 #[cfg(feature = "manager")]
@@ -41,6 +39,8 @@ mod segment;
 #[cfg_attr(not(feature = "manager"), allow(dead_code))]
 mod sys;
 pub mod tracker;
+#[cfg(feature = "manager")]
+pub mod usage;
 
 pub use error::{Error, NameProblem, Result};
 #[cfg(feature = "list")]

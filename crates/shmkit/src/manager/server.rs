@@ -374,7 +374,7 @@ impl Shared {
         names.dedup();
         let mut segments = Vec::with_capacity(names.len());
         for name in &names {
-            match crate::inspect::segment(name) {
+            match crate::usage::segment(name) {
                 Ok(segment) => segments.push(segment),
                 Err(Error::NotFound { .. }) => crate::tracker::unregister(name),
                 // Not a segment we can judge: left as it is, still registered.
@@ -383,16 +383,16 @@ impl Shared {
                 }
             }
         }
-        let processes = crate::inspect::Processes::scan(&segments);
+        let processes = crate::usage::Processes::scan(&segments);
         let (mut unlinked, mut kept) = (0usize, 0usize);
         for segment in &segments {
             // Processes whose descriptors could not be read may be users
             // too (those whose mappings alone could not be read are judged
-            // by their descriptors, as `inspect` explains).
+            // by their descriptors, as `usage` explains).
             let used = match processes.usage(segment) {
-                crate::inspect::Usage::InUse => true,
-                crate::inspect::Usage::Leaked => false,
-                crate::inspect::Usage::Unknown => processes
+                crate::usage::Usage::InUse => true,
+                crate::usage::Usage::Leaked => false,
+                crate::usage::Usage::Unknown => processes
                     .unreadable()
                     .iter()
                     .any(|&pid| could_open(pid, segment)),
@@ -467,7 +467,7 @@ fn unlink_tracked(name: &str) -> bool {
 /// group or others in, else if one of the process's user ids is root's or
 /// the owner's (`/proc/PID/status` is readable by all). A process gone
 /// meanwhile could not.
-fn could_open(pid: u32, segment: &crate::inspect::Segment) -> bool {
+fn could_open(pid: u32, segment: &crate::usage::SegmentInfo) -> bool {
     if segment.mode & 0o077 != 0 {
         return true;
     }
