@@ -6,7 +6,7 @@
 //! agrees with itself: the typed getters with `get`, and every write either
 //! reads back as written or fails leaving the bytes unchanged.
 
-use shmkit::list::layout::Layout;
+use shmkit::list::raw::Layout;
 use shmkit::list::{Value, ValueRef};
 
 /// How many items get the (costlier) write checks.

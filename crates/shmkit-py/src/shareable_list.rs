@@ -11,8 +11,7 @@ use pyo3::types::{
     PyTuple,
 };
 use pyo3::{ffi, intern};
-use shmkit::list::fixed::FixedImage;
-use shmkit::list::layout::Layout;
+use shmkit::list::raw::{FixedImage, Layout};
 use shmkit::list::{ByteSink, ListError, Value, ValueRef};
 use shmkit::{Error, Region};
 

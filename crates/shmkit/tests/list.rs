@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use shmkit::list::{layout::Layout, ItemType, ListError, ShareableList, Value, ValueRef};
+use shmkit::list::raw::Layout;
+use shmkit::list::{ItemType, ListError, ShareableList, Value, ValueRef};
 use shmkit::{Error, SharedMemory};
 
 mod common;
@@ -525,7 +526,8 @@ mod list_decode;
 mod fuzz_body {
     use super::list_decode;
     use proptest::prelude::*;
-    use shmkit::list::{layout::Layout, Value, ValueRef};
+    use shmkit::list::raw::Layout;
+    use shmkit::list::{Value, ValueRef};
 
     fn image(values: &[Value]) -> Vec<u8> {
         Layout::encode(&values.iter().map(ValueRef::from).collect::<Vec<_>>()).unwrap()
@@ -577,5 +579,5 @@ mod fuzz_body {
 fn lists_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<ShareableList>();
-    check::<shmkit::list::layout::Layout>();
+    check::<shmkit::list::raw::Layout>();
 }

@@ -1,7 +1,7 @@
 //! What a segment holds: a ShareableList recognised and decoded from
 //! private copies of its bytes, or plain bytes.
 
-use shmkit::list::layout::Layout;
+use shmkit::list::raw::Layout;
 use shmkit::list::{ByteSource, ItemType, Value};
 use shmkit::usage::ReadOnly;
 use shmkit::{Error, Result};

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// A list of `n` fixed-size items being written.
 ///
 /// ```
-/// use shmkit::list::{fixed::FixedImage, layout::Layout, ValueRef};
+/// use shmkit::list::raw::{FixedImage, Layout};
+/// use shmkit::list::ValueRef;
 ///
 /// let values = [ValueRef::Int(-1), ValueRef::Float(2.5), ValueRef::Bool(true), ValueRef::None];
 /// let mut image = FixedImage::new(values.len())?;

@@ -3,7 +3,7 @@
 //! 3.9–3.13's `multiprocessing.shared_memory.ShareableList`.
 //!
 //! A list made here reads in CPython and the reverse, item for item; the
-//! layout itself is the pure codec in [`layout`]. Where CPython loses data
+//! layout itself is a pure codec (`list/layout/`). Where CPython loses data
 //! silently, shmkit refuses instead:
 //!
 //! * **Multibyte `str`.** CPython sizes a `str` slot by its character count
@@ -39,14 +39,23 @@
 
 mod bytes;
 mod error;
-pub mod fixed;
-pub mod layout;
+mod fixed;
+mod layout;
 mod value;
 
 pub use bytes::{ByteSink, ByteSource};
 pub use error::ListError;
-pub use layout::ItemType;
+pub use layout::{ItemType, MAX_ITEM_BYTES};
 pub use value::{Value, ValueRef};
+
+/// The codec and the one-pass writer of fixed-size lists, for the Python
+/// bindings' hot paths and the CLI's read-only decoder. Not a stable API:
+/// it may change in any release.
+#[doc(hidden)]
+pub mod raw {
+    pub use super::fixed::FixedImage;
+    pub use super::layout::Layout;
+}
 
 use layout::Layout;
 
@@ -83,7 +92,7 @@ impl ShareableList {
     /// `psm_xxxxxxxx` name.
     ///
     /// Fails before creating anything if a `str` or `bytes` ends in NUL or
-    /// is longer than [`layout::MAX_ITEM_BYTES`].
+    /// is longer than [`MAX_ITEM_BYTES`].
     ///
     /// ```
     /// use shmkit::list::{ShareableList, ValueRef};

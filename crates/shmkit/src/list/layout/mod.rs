@@ -29,7 +29,8 @@
 //! any process may rewrite at any time, are validated at every access.
 //!
 //! ```
-//! use shmkit::list::{layout::Layout, Value, ValueRef};
+//! use shmkit::list::raw::Layout;
+//! use shmkit::list::{Value, ValueRef};
 //!
 //! let bytes = Layout::encode(&[ValueRef::Int(100), ValueRef::Str("howdy")])?;
 //! assert_eq!(bytes.len(), 8 * 6 + 16 + 2);
@@ -95,7 +96,7 @@ impl Layout {
     /// format and code of each item are checked later, at each access.
     ///
     /// ```
-    /// use shmkit::list::layout::Layout;
+    /// use shmkit::list::raw::Layout;
     /// assert_eq!(Layout::attach(&[0u8; 16][..])?.len(), 0);
     /// assert!(Layout::attach(&[0xffu8; 16][..]).is_err());
     /// # Ok::<(), shmkit::Error>(())
@@ -198,7 +199,7 @@ impl Layout {
     /// (but with `str` slots sized by bytes: see [`for_values`](Self::for_values)).
     ///
     /// ```
-    /// use shmkit::list::{layout::Layout, ValueRef};
+    /// use shmkit::list::{raw::Layout, ValueRef};
     /// assert_eq!(Layout::encode(&[])?, [0u8; 16]);
     /// # Ok::<(), shmkit::Error>(())
     /// ```
@@ -306,7 +307,7 @@ impl Layout {
     /// position, refusing anything outside `-len..len`.
     ///
     /// ```
-    /// # use shmkit::list::{layout::Layout, ValueRef};
+    /// # use shmkit::list::{raw::Layout, ValueRef};
     /// let layout = Layout::for_values(&[ValueRef::None, ValueRef::None])?;
     /// assert_eq!(layout.index(-2)?, 0);
     /// assert!(layout.index(-3).is_err()); // CPython would read its metadata
@@ -366,7 +367,7 @@ impl Layout {
     /// [`Region`]: crate::Region
     ///
     /// ```
-    /// use shmkit::list::{layout::Layout, Value, ValueRef};
+    /// use shmkit::list::{raw::Layout, Value, ValueRef};
     /// let bytes = Layout::encode(&[ValueRef::Int(7), ValueRef::Str("hi")])?;
     /// let layout = Layout::attach(&bytes[..])?;
     /// let mut out = Vec::new();
