@@ -2,6 +2,13 @@
 
 use std::io;
 
+// The list's refusals live here, not in `list`, so that `list` depends on
+// `error` and not the reverse.
+#[cfg(feature = "list")]
+mod list;
+#[cfg(feature = "list")]
+pub use list::ListError;
+
 /// Why a segment name was refused before any system call was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -124,7 +131,7 @@ pub enum Error {
     /// A [`ShareableList`](crate::ShareableList) operation was refused.
     #[cfg(feature = "list")]
     #[error(transparent)]
-    List(#[from] crate::list::ListError),
+    List(#[from] ListError),
     /// A [`manager`](crate::manager) operation failed.
     #[cfg(feature = "manager")]
     #[error(transparent)]

@@ -38,13 +38,12 @@
 //! ```
 
 mod bytes;
-mod error;
 mod fixed;
 mod layout;
 mod value;
 
+pub use crate::error::ListError;
 pub use bytes::{ByteSink, ByteSource};
-pub use error::ListError;
 pub use layout::{ItemType, MAX_ITEM_BYTES};
 pub use value::{Value, ValueRef};
 

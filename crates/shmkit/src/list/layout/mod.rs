@@ -42,8 +42,8 @@
 use std::ops::Range;
 
 use super::bytes::{ByteSink, ByteSource};
-use super::error::ListError;
 use super::value::{Value, ValueRef};
+use super::ListError;
 use crate::error::{Error, Result};
 
 mod format;

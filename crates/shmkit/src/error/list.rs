@@ -92,7 +92,7 @@ pub enum ListError {
         /// How many leading bytes are valid.
         valid_up_to: usize,
     },
-    /// A typed accessor such as [`get_i64`](super::ShareableList::get_i64)
+    /// A typed accessor such as [`get_i64`](crate::ShareableList::get_i64)
     /// found an item of another type (`TypeError`).
     #[error("item {index} is {found}, not {expected}")]
     WrongType {
