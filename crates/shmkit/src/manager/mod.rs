@@ -53,7 +53,7 @@ mod process;
 mod relay;
 mod server;
 mod shared_memory_manager;
-mod watch;
+mod watch_process;
 
 pub use address::{Address, Stream};
 pub use auth::ChallengeKind;

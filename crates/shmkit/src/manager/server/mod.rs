@@ -19,6 +19,7 @@ use super::auth::{AuthKey, ChallengeKind};
 use super::connection::Connection;
 use super::error::ManagerError;
 use super::frame;
+use super::watch_process::{self, Pidfd};
 use crate::error::{Error, Result};
 use crate::sys;
 use pool::Pool;
@@ -333,14 +334,18 @@ impl Shared {
         self.stop.as_fd()
     }
 
+    /// Whether the server stops within `timeout`. A failed wait says no, and
+    /// the caller asks again.
+    fn wait_stopped(&self, timeout: Duration) -> bool {
+        sys::wait_readable(&[self.stop.as_fd()], Some(timeout)).is_ok_and(|r| r[0])
+    }
+
     fn active(&self) -> usize {
         *self.active.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn is_stopping(&self) -> bool {
-        sys::wait_readable(&[self.stop.as_fd()], Some(Duration::ZERO))
-            .map(|r| r[0])
-            .unwrap_or(false)
+        self.wait_stopped(Duration::ZERO)
     }
 
     /// Unlinks everything, then stops.
@@ -432,7 +437,14 @@ impl Server {
     /// [`serve`](Self::serve), waiting on `sources` too, on this thread.
     pub(crate) fn serve_with(self, sources: &mut [&mut (dyn Source + 'static)]) -> Result<()> {
         let mut watch = match self.watch {
-            Some(pid) => super::watch::start(pid, &self.shared)?,
+            Some(pid) => {
+                let (on_death, waiting) = (Arc::clone(&self.shared), Arc::clone(&self.shared));
+                watch_process::start(
+                    pid,
+                    move || on_death.stop_unused(),
+                    move |timeout| waiting.wait_stopped(timeout),
+                )?
+            }
             None => None,
         };
         let mut all: Vec<&mut (dyn Source + 'static)> = Vec::with_capacity(sources.len() + 1);
@@ -615,6 +627,18 @@ pub(crate) trait Source {
     /// Handles a readable [`fd`](Self::fd); false once the source has
     /// nothing more to say (it is then no longer waited on).
     fn ready(&mut self, stopper: &Stopper) -> bool;
+}
+
+impl Source for Pidfd {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+
+    fn ready(&mut self, stopper: &Stopper) -> bool {
+        watch_process::died(self.pid());
+        stopper.stop_unused();
+        false
+    }
 }
 
 /// A [`Server`] running on a thread of this process. Dropping it stops the
