@@ -3,8 +3,8 @@
 
     python bench/managers.py [--quick] [--json] [--rounds R]
 
-Wall clock (the work is split between this process and the manager's), with
-the targets of the manager issue (#5):
+Wall clock (the work is split between this process and the manager's),
+against these targets:
 
 * ``smm.SharedMemory(4096)``: stdlib÷shmkit ≥ 10×;
 * ``start()`` + ``shutdown()``: stdlib÷shmkit ≥ 5×;

@@ -5,7 +5,7 @@
 
 Item access on a 100-item list (int items; str items on a list of short
 strings), ``sum`` and ``list`` over 100 000 ints, and construction from
-``range(100_000)``, against the targets of the ShareableList issue (#3).
+``range(100_000)``, against the ShareableList speed targets.
 Item loops include Python's own loop overhead on both sides, which makes
 the ratios conservative. Rounds, medians and ratios as in bench/_common.py.
 """

@@ -245,8 +245,8 @@ impl ShareableListBase {
     }
 
     /// All items, as a plain list, decoded from one copy of the segment
-    /// (a consistent snapshot as far as one memcpy is, and several times
-    /// faster than reading shared memory item by item).
+    /// (a consistent snapshot as far as one memcpy is, and cheaper than
+    /// reading shared memory item by item).
     fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let (region, layout) = self.parts(py)?;
         let n = layout.len();
