@@ -34,7 +34,7 @@ pub mod name;
 #[cfg(feature = "list")]
 pub mod pyrepr;
 mod region;
-mod segment;
+mod shared_memory;
 // Without the manager, the calls only it makes go unused.
 #[cfg_attr(not(feature = "manager"), allow(dead_code))]
 mod sys;
@@ -48,7 +48,7 @@ pub use list::ShareableList;
 #[cfg(feature = "manager")]
 pub use manager::SharedMemoryManager;
 pub use region::Region;
-pub use segment::{exists, rename, unlink, Options, RenameFlags, SharedMemory};
+pub use shared_memory::{exists, rename, unlink, Options, RenameFlags, SharedMemory};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(all(doctest, feature = "manager"))]

@@ -59,7 +59,7 @@ pub mod raw {
 use layout::Layout;
 
 use crate::error::Result;
-use crate::segment::{Options, SharedMemory};
+use crate::shared_memory::{Options, SharedMemory};
 
 /// A fixed-length list in shared memory, readable and writable by CPython's
 /// `ShareableList` in other processes. See the [module docs](self) for where

@@ -10,7 +10,7 @@ use super::client::{self, Client};
 use super::server::{random_authkey, ServerHandle, ServerOptions};
 use crate::error::Result;
 use crate::list::{ShareableList, ValueRef};
-use crate::segment::{Options, SharedMemory};
+use crate::shared_memory::{Options, SharedMemory};
 
 /// A manager of shared memory segments, wire-compatible with CPython's
 /// `multiprocessing.managers.SharedMemoryManager`: Python processes can
