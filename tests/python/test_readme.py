@@ -80,7 +80,10 @@ def test_rust_blocks_are_doctests():
     with open(os.path.join(h.REPO, "crates", "shmkit", "src", "lib.rs"), encoding="utf-8") as f:
         lib = f.read()
     assert re.search(
-        r'#\[cfg\(doctest\)\]\s*#\[doc = include_str!\("\.\./\.\./\.\./README\.md"\)\]', lib
+        # With the default features: the README's examples use the manager.
+        r'#\[cfg\((doctest|all\(doctest, feature = "manager"\))\)\]\s*'
+        r'#\[doc = include_str!\("\.\./\.\./\.\./README\.md"\)\]',
+        lib,
     ), "lib.rs no longer runs the README's Rust blocks as doctests"
     rust = blocks("rust")
     assert rust
