@@ -96,6 +96,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(manager::manager_serve_child_relay, m)?)?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::errno_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(tracker_unregister, m)?)?;
     m.add_function(wrap_pyfunction!(tracker_started, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;

@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod list;
 pub mod manager;
 pub mod name;
+pub mod pyexc;
 pub mod pyrepr;
 mod region;
 mod segment;
