@@ -8,6 +8,7 @@ __all__ = [
     "SharedMemoryBase",
     "ShareableListBase",
     "ManagerClient",
+    "RelayClient",
     "manager_child_settings",
     "manager_child_address",
     "manager_serve_child",
@@ -124,6 +125,15 @@ class ManagerClient:
     def dispatch(
         self, func: str, args: tuple[Any, ...] | None = None, kwds: dict[Any, Any] | None = None
     ) -> Any: ...
+
+@final
+class RelayClient:
+    def __new__(cls, fd: int) -> RelayClient: ...
+    def send_track(self, name: str) -> None: ...
+    def request_confirmation(self) -> None: ...
+    def await_confirmations(self, count: int) -> int: ...
+    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
 
 def manager_child_settings(
     address: _Address | None,

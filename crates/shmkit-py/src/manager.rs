@@ -11,7 +11,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyEOFError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use shmkit::manager::{Address, Client, ManagerError, PyValue, Report, Settings};
+use shmkit::manager::{Address, Client, ManagerError, PyValue, RelayClient, Report, Settings};
 
 use shmkit::pyexc::strerror;
 
@@ -312,4 +312,75 @@ pub(crate) fn manager_serve_child_relay(py: Python<'_>, relay_fd: i32) -> PyResu
     let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(relay_fd) });
     py.detach(|| shmkit::manager::serve_child_relay(sock))
         .map_err(|e| manager_err(py, e))
+}
+
+/// The parent's end of a manager process's tracking channel
+/// (`shmkit::manager::RelayClient`, which owns the line protocol). Made
+/// from a socket descriptor it takes over (`socket.detach()`).
+#[pyclass(frozen, module = "shmkit._shmkit", name = "RelayClient")]
+pub(crate) struct PyRelayClient {
+    inner: std::sync::Mutex<Option<RelayClient>>,
+}
+
+impl PyRelayClient {
+    fn with<T>(&self, f: impl FnOnce(&RelayClient) -> std::io::Result<T>) -> PyResult<T> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("the tracking channel is closed"))?;
+        f(client).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
+            _ => match e.raw_os_error() {
+                Some(errno) => os_error(errno, (errno, strerror(errno))),
+                None => PyOSError::new_err(e.to_string()),
+            },
+        })
+    }
+}
+
+#[pymethods]
+impl PyRelayClient {
+    #[new]
+    fn new(fd: i32) -> PyResult<Self> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::net::UnixStream;
+
+        if fd < 0 {
+            return Err(PyValueError::new_err("fd must be a socket descriptor"));
+        }
+        // SAFETY: the caller hands the descriptor over (it comes from
+        // `socket.detach()`, so no Python object closes it): this is its
+        // only owner from here on.
+        let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(PyRelayClient {
+            inner: std::sync::Mutex::new(Some(RelayClient::new(sock))),
+        })
+    }
+
+    /// Asks the manager process to track `name`; `ValueError` for a name
+    /// the channel cannot carry (ask the server instead).
+    fn send_track(&self, name: &str) -> PyResult<()> {
+        self.with(|c| c.send_track(name))
+    }
+
+    /// Asks for one answer once every line sent before is handled.
+    fn request_confirmation(&self) -> PyResult<()> {
+        self.with(RelayClient::request_confirmation)
+    }
+
+    /// Waits for the answers to `count` requests; how many came before the
+    /// channel closed.
+    fn await_confirmations(&self, py: Python<'_>, count: usize) -> PyResult<usize> {
+        py.detach(|| self.with(|c| c.await_confirmations(count)))
+    }
+
+    /// Asks the manager process to unlink every segment and stop.
+    fn shutdown(&self) -> PyResult<()> {
+        self.with(RelayClient::shutdown)
+    }
+
+    /// Closes this end of the channel.
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
