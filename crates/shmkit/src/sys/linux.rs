@@ -5,6 +5,7 @@
 use std::ffi::{c_void, CStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rustix::fs::{self, FallocateFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
@@ -517,4 +518,143 @@ fn cleanup_mark_held(key: FileKey) -> bool {
         let line = String::from_utf8_lossy(line);
         !line.contains("->") && line.contains(&file) && line.contains(&start)
     })
+}
+
+/// A `MAP_SHARED` mapping of a whole file that other processes map too (the
+/// leak tracker's table), read and written only through atomics at checked
+/// offsets: another process may write any byte at any time, so no plain
+/// reference into it is ever handed out. Unmapped when dropped.
+pub(crate) struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the memory is only ever accessed through atomics (or by the
+// pthread mutex functions, which are made for shared memory), so any
+// thread may use it.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes of `fd`: read-write, or read-only.
+    pub(crate) fn new(fd: impl AsFd, len: usize, writable: bool) -> Result<Self, Errno> {
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a fresh mapping overlaps nothing Rust knows of; it is
+        // unmapped only by `drop`, after every borrow of `self` ended.
+        let ptr = unsafe {
+            mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// The address of the `size` bytes at `at`, which must be inside the
+    /// mapping and aligned to `align` (a bug otherwise: panics).
+    fn at(&self, at: usize, size: usize, align: usize) -> *mut u8 {
+        assert!(
+            at.checked_add(size).is_some_and(|end| end <= self.len),
+            "offset {at} out of a {}-byte mapping",
+            self.len
+        );
+        let ptr = self.ptr.as_ptr().wrapping_add(at);
+        assert!(ptr as usize % align == 0, "offset {at} misaligned");
+        ptr
+    }
+
+    /// The 4-byte word at byte `at`.
+    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: inside the mapping and aligned (checked); the mapping
+        // lives as long as `self`, and every access to it is atomic.
+        unsafe { AtomicU32::from_ptr(self.at(at, 4, 4).cast()) }
+    }
+
+    /// The 4-byte word at byte `at`, signed.
+    pub(crate) fn i32_at(&self, at: usize) -> &AtomicI32 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicI32::from_ptr(self.at(at, 4, 4).cast()) }
+    }
+
+    /// The 8-byte word at byte `at`.
+    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicU64::from_ptr(self.at(at, 8, 8).cast()) }
+    }
+
+    fn u8_at(&self, at: usize) -> &AtomicU8 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicU8::from_ptr(self.at(at, 1, 1)) }
+    }
+
+    /// Copies `out.len()` bytes from `at` with relaxed atomic loads.
+    pub(crate) fn read_bytes(&self, at: usize, out: &mut [u8]) {
+        self.at(at, out.len(), 1);
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = self.u8_at(at + k).load(Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `bytes` to `at` with relaxed atomic stores (publish them with
+    /// a release store after).
+    pub(crate) fn write_bytes(&self, at: usize, bytes: &[u8]) {
+        self.at(at, bytes.len(), 1);
+        for (k, &b) in bytes.iter().enumerate() {
+            self.u8_at(at + k).store(b, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes a process-shared, robust mutex in the 64 bytes at `at` and
+    /// locks it, for good: when this thread dies the kernel marks its word
+    /// `OWNER_DIED` and wakes its waiters. Whether every step succeeded.
+    pub(crate) fn lock_robust_mutex(&self, at: usize) -> bool {
+        const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
+        let mutex = self
+            .at(at, 64, std::mem::align_of::<libc::pthread_mutex_t>())
+            .cast::<libc::pthread_mutex_t>();
+        // SAFETY: `mutex` is 64 reserved, aligned bytes of the mapping
+        // (checked), which outlives any use the kernel makes of it; the
+        // attribute object lives on this stack and is destroyed after use.
+        // The pthread functions only touch those two.
+        unsafe {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+            if libc::pthread_mutexattr_init(attr.as_mut_ptr()) != 0 {
+                return false;
+            }
+            let ok =
+                libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED)
+                    == 0
+                    && libc::pthread_mutexattr_setrobust(
+                        attr.as_mut_ptr(),
+                        libc::PTHREAD_MUTEX_ROBUST,
+                    ) == 0
+                    && libc::pthread_mutex_init(mutex, attr.as_ptr()) == 0
+                    && libc::pthread_mutex_lock(mutex) == 0;
+            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+            ok
+        }
+    }
+
+    /// Keeps the mapping for the rest of the process (and its fork
+    /// children, which inherit it).
+    pub(crate) fn leak(self) -> &'static SharedMapping {
+        Box::leak(Box::new(self))
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: made by `new`; no borrow of `self` is left.
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
+    }
 }

@@ -504,7 +504,7 @@ impl Marks {
             if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
                 continue;
             }
-            let Some(fd) = open_segment(table.name(i)) else {
+            let Some(fd) = open_segment(&table.name(i)) else {
                 continue;
             };
             // Not a file someone else made since under the name.
@@ -1255,7 +1255,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
                 continue;
             }
             let intent = pass == INTENT;
-            match probe(table.name(i), want(&table, i), marks.fd_of(i)) {
+            match probe(&table.name(i), want(&table, i), marks.fd_of(i)) {
                 Probe::InUse { retry: again } => {
                     leaked += 1;
                     pending[i / 64] |= 1 << (i % 64);
@@ -1285,9 +1285,9 @@ fn cleanup(table: Table, marks: &mut Marks) {
         let name = table.name(i);
         Line::new()
             .push(b"shmkit: UserWarning: resource_tracker: '/")
-            .push(name)
+            .push(&name)
             .push(b"': [Errno 2] No such file or directory: '/")
-            .push(name)
+            .push(&name)
             .push(b"'\n")
             .emit();
     }
@@ -1302,7 +1302,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
             if !has(&retry, i) {
                 continue;
             }
-            match probe(table.name(i), want(&table, i), None) {
+            match probe(&table.name(i), want(&table, i), None) {
                 Probe::InUse { retry: true } => {}
                 Probe::InUse { retry: false } => retry[i / 64] &= !(1 << (i % 64)),
                 _ => {
@@ -1315,7 +1315,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
     for i in (0..SLOTS).filter(|&i| has(&pending, i)) {
         Line::new()
             .push(b"shmkit: resource_tracker: '/")
-            .push(table.name(i))
+            .push(&table.name(i))
             .push(b"': still open in another process; not unlinked\n")
             .emit();
     }
