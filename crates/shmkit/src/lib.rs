@@ -23,6 +23,9 @@
 //! Memory that another process may write is never handed out as a safe
 //! `&[u8]`: see [`Region`] for the ways in.
 #![deny(unsafe_op_in_unsafe_fn)]
+// Only the OS layer (`sys`), the mapped memory (`region`) and the tracker's
+// watcher (which runs after `fork`) may hold `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
@@ -32,8 +35,10 @@ pub mod manager;
 pub mod name;
 pub mod pyexc;
 pub mod pyrepr;
+#[allow(unsafe_code)]
 mod region;
 mod segment;
+#[allow(unsafe_code)]
 mod sys;
 pub mod tracker;
 

@@ -152,9 +152,7 @@ impl Settings {
         };
         let timeout = match get("timeout")? {
             PyValue::None => None,
-            PyValue::Float(t) => {
-                Some(Duration::try_from_secs_f64(*t).map_err(|_| bad("timeout"))?)
-            }
+            PyValue::Float(t) => Some(Duration::try_from_secs_f64(*t).map_err(|_| bad("timeout"))?),
             _ => return Err(bad("timeout")),
         };
         let legacy = match get("legacy")? {
@@ -522,7 +520,10 @@ mod tests {
     #[test]
     fn report_round_trips() {
         let ready = Report::Ready(full().address.unwrap());
-        assert_eq!(Report::decode(&ready.encode()).unwrap(), Some(ready.clone()));
+        assert_eq!(
+            Report::decode(&ready.encode()).unwrap(),
+            Some(ready.clone())
+        );
         let failed = Report::Failed("cannot\nlisten".into());
         assert_eq!(
             Report::decode(&failed.encode()).unwrap(),

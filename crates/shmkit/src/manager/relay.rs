@@ -55,6 +55,20 @@ pub fn serve_child_relay(relay: UnixStream) -> Result<()> {
     served
 }
 
+/// Starts a program's manager process (as `shmkit-manager`, which the
+/// Python package spawns) on the tracking channel inherited as descriptor
+/// `fd`: `None` if that is not an open socket.
+///
+/// Call it first thing in `main`, before other threads exist, and only in a
+/// program whose parent handed it `fd` for this purpose: it takes that
+/// descriptor over.
+#[doc(hidden)]
+pub fn inherited_relay(fd: i32) -> Option<UnixStream> {
+    // A few threads and little memory: one malloc arena is enough.
+    crate::sys::single_malloc_arena();
+    crate::sys::take_inherited_socket(fd)
+}
+
 /// The parent's end of the channel, read without blocking the server.
 struct Channel {
     sock: UnixStream,
@@ -258,7 +272,15 @@ mod tests {
         client.shutdown().unwrap();
         assert_eq!(
             server.join().unwrap(),
-            ["+psm_a", "+odd \u{e9}\r\t name", ".", "+psm_b", ".", ".", "!"]
+            [
+                "+psm_a",
+                "+odd \u{e9}\r\t name",
+                ".",
+                "+psm_b",
+                ".",
+                ".",
+                "!"
+            ]
         );
         // The manager process is gone: no more answers.
         assert_eq!(client.await_confirmations(1).unwrap(), 0);

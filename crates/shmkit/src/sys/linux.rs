@@ -546,16 +546,7 @@ impl SharedMapping {
         };
         // SAFETY: a fresh mapping overlaps nothing Rust knows of; it is
         // unmapped only by `drop`, after every borrow of `self` ended.
-        let ptr = unsafe {
-            mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
         Ok(SharedMapping { ptr, len })
     }
@@ -657,4 +648,140 @@ impl Drop for SharedMapping {
         // SAFETY: made by `new`; no borrow of `self` is left.
         let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
     }
+}
+
+// ---------------------------------------------------------------------------
+// For the tracker's watcher, which runs in a fork child of a process that
+// may have other threads: everything below is async-signal-safe (a plain
+// system call or `_exit`), takes no lock and does not allocate.
+
+/// Which side of [`fork`] returned.
+pub(crate) enum Forked {
+    /// The parent; the child's pid.
+    Parent(rustix::process::Pid),
+}
+
+/// `fork()`, with `child` run in the child, which never returns from it.
+///
+/// Precondition (not checked): `child` uses only async-signal-safe calls
+/// (raw system calls, no allocation, no lock), since another thread of this
+/// process may have held any lock at the moment of the fork, and it ends
+/// with [`exit_now`] (a child's `Infallible`: it cannot return).
+pub(crate) fn fork(child: impl FnOnce() -> std::convert::Infallible) -> Result<Forked, Errno> {
+    // SAFETY: the child runs only `child`, which by this function's
+    // precondition is async-signal-safe, and never returns into the caller.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EAGAIN),
+        )),
+        // `child` returns an uninhabited type, so this arm never ends.
+        #[allow(unreachable_code)]
+        0 => match child() {},
+        pid => rustix::process::Pid::from_raw(pid)
+            .map(Forked::Parent)
+            .ok_or(Errno::CHILD),
+    }
+}
+
+/// `_exit(0)`: ends the process without running atexit handlers (after
+/// [`fork`] they belong to the parent's program).
+pub(crate) fn exit_now() -> ! {
+    // SAFETY: `_exit` is async-signal-safe and touches no memory of ours.
+    unsafe { libc::_exit(0) }
+}
+
+/// Blocks every signal that can be blocked, for this thread.
+pub(crate) fn block_all_signals() {
+    // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
+    // only the set on our stack.
+    unsafe {
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Asks for the lowest real-time priority (`SCHED_FIFO` 1, not inherited
+/// by children) where allowed, else for nice -10, else leaves it; best
+/// effort.
+pub(crate) fn prefer_realtime() {
+    // SAFETY: sched_setscheduler and setpriority are plain system calls
+    // that read only the parameter on our stack.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 1 };
+        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+        if libc::sched_setscheduler(0, policy, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
+        }
+    }
+}
+
+/// Takes `cpu` out of this process's CPU affinity, if it is in it and
+/// another CPU is too; best effort.
+pub(crate) fn avoid_cpu(cpu: usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: the cpu_set_t lives on this stack, and `cpu` is within it
+    // (checked); the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
+            || !libc::CPU_ISSET(cpu, &set)
+            || libc::CPU_COUNT(&set) < 2
+        {
+            return;
+        }
+        libc::CPU_CLR(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `fcntl(F_SETLEASE)` with a write lease (`true`) or none: whether it
+/// succeeded. An open of the file by another process waits while we hold a
+/// write lease.
+pub(crate) fn set_lease(fd: impl AsFd, write: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let kind = if write { libc::F_WRLCK } else { libc::F_UNLCK };
+    // SAFETY: a plain system call on a descriptor we hold; it reads and
+    // writes no memory of ours.
+    unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_SETLEASE, kind) == 0 }
+}
+
+/// Glibc's `M_ARENA_MAX` to 1: a program with a few threads and little
+/// memory spares each thread the arena glibc would reserve (and trim) for
+/// it. Best effort; call it before starting threads.
+pub(crate) fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Takes over descriptor `fd`, inherited from the parent, if it is an open
+/// socket.
+///
+/// Precondition (not checked): the process was started with `fd` handed to
+/// it for the caller, and nothing else in it owns or uses that number; call
+/// it once per descriptor.
+pub(crate) fn take_inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: only borrowed for the fstat; a number that is not open just
+    // fails.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = fs::fstat(borrowed).ok()?;
+    if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Socket {
+        return None;
+    }
+    // SAFETY: `fd` is open (fstat succeeded) and, by this function's
+    // precondition, handed to the caller alone.
+    Some(std::os::unix::net::UnixStream::from(unsafe {
+        OwnedFd::from_raw_fd(fd)
+    }))
 }

@@ -33,6 +33,7 @@
 //! default) uses it.
 
 mod registered;
+#[allow(unsafe_code)]
 mod watcher;
 
 pub use registered::{registered, Registration};
@@ -194,7 +195,6 @@ impl Table<'static> {
                 .store((ROBUST_AT + 4 * k) as i32, Ordering::Release);
         }
     }
-
 }
 
 impl<'m> Table<'m> {
@@ -263,7 +263,9 @@ impl<'m> Table<'m> {
     fn used_slots(&self) -> impl Iterator<Item = usize> + 'm {
         let table = *self;
         (0..PAGES)
-            .filter(move |&p| table.used_word(p / 64).load(Ordering::Acquire) & (1 << (p % 64)) != 0)
+            .filter(move |&p| {
+                table.used_word(p / 64).load(Ordering::Acquire) & (1 << (p % 64)) != 0
+            })
             .flat_map(|p| {
                 let first = (p * PAGE).div_ceil(SLOT_SIZE);
                 let end = ((p + 1) * PAGE).div_ceil(SLOT_SIZE).min(SLOTS);
@@ -287,8 +289,7 @@ impl<'m> Table<'m> {
     /// claimed (state `WRITING`), so nobody else writes it.
     fn write_name(&self, i: usize, name: &[u8]) {
         let name = &name[..name.len().min(255)];
-        self.name_len(i)
-            .store(name.len() as u32, Ordering::Relaxed);
+        self.name_len(i).store(name.len() as u32, Ordering::Relaxed);
         self.0.write_bytes(Self::slot(i) + NAME_AT, name);
     }
 

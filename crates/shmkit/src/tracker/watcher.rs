@@ -66,29 +66,26 @@ pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Er
     let sentinel_fd = sentinel.as_ref().map_or(-1, |s| s.fd.as_raw_fd());
     let sentinel_addr = sentinel.as_ref().map_or(0, |s| s.addr);
     table.ready().store(0, Ordering::Relaxed);
-    // SAFETY: the child calls only async-signal-safe functions (raw system
-    // calls through rustix's linux_raw backend, no allocator, no lock another
+    // The child calls only async-signal-safe functions (raw system calls
+    // through rustix's linux_raw backend, no allocator, no lock another
     // thread may have held at the fork) and ends with `_exit`; see `run`.
-    match unsafe { libc::fork() } {
-        -1 => Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EAGAIN),
-        )),
-        0 => run(
+    let child = || -> std::convert::Infallible {
+        run(
             read.as_raw_fd(),
             table,
             table_fd,
             parent,
             sentinel_fd,
             sentinel_addr,
-        ),
-        pid => {
+        )
+    };
+    match crate::sys::fork(child)? {
+        crate::sys::Forked::Parent(pid) => {
             drop(read);
             // Only the mapping keeps the sentinel (and its lock) now.
             drop(sentinel);
             wait_ready(&table);
-            Pid::from_raw(pid).map(|p| (p, write)).ok_or(Errno::CHILD)
+            Ok((pid, write))
         }
     }
 }
@@ -347,13 +344,7 @@ fn run(
 ) -> ! {
     // Ctrl-C and kill meant for the parent's group must not stop the
     // cleanup; a watcher ends only when its parent does (or by SIGKILL).
-    // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
-    // only the set on our stack.
-    unsafe {
-        let mut all = MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigfillset(all.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
-    }
+    crate::sys::block_all_signals();
     let _ = rustix::process::chdir(c"/");
     // Woken as its process dies, the watcher races that process's parent
     // to the segments: it must mark them before the parent, told of the
@@ -364,15 +355,7 @@ fn run(
     // RLIMIT_RTPRIO), else for a higher nice value (CAP_SYS_NICE), else
     // runs as it is. It sleeps the rest of its life, and its last work is
     // bounded (`cleanup`).
-    // SAFETY: sched_setscheduler and setpriority are plain system calls
-    // (async-signal-safe) that read only the parameter on our stack.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 1 };
-        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
-        if libc::sched_setscheduler(0, policy, &param) != 0 {
-            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-        }
-    }
+    crate::sys::prefer_realtime();
     let own = reopen(sentinel_fd);
     close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
     unmap_segments();
@@ -429,8 +412,7 @@ fn run(
         // is about to unlink itself.
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
         cleanup(table, &mut marks);
-        // SAFETY: as below.
-        unsafe { libc::_exit(0) }
+        crate::sys::exit_now();
     }
     signal_ready(&table);
     wait_eof(pipe);
@@ -460,9 +442,7 @@ fn run(
         }
     }
     cleanup(table, &mut Marks::new());
-    // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
-    // (they belong to the parent's program).
-    unsafe { libc::_exit(0) }
+    crate::sys::exit_now()
 }
 
 /// Open files of tracked segments on which this watcher holds the "cleanup
@@ -660,25 +640,12 @@ fn avoid_cpu_of(pid: i32) {
     let Some(cpu) = last_cpu(pid) else {
         return;
     };
-    // SAFETY: the cpu_set_t lives on this stack; the calls only read and
-    // write it (sched_[gs]etaffinity are plain system calls).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
-            || !libc::CPU_ISSET(cpu, &set)
-            || libc::CPU_COUNT(&set) < 2
-        {
-            return;
-        }
-        libc::CPU_CLR(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    crate::sys::avoid_cpu(cpu);
 }
 
 /// Field 39 of `/proc/PID/stat`: the CPU the process last ran on.
 fn last_cpu(pid: i32) -> Option<usize> {
-    let cpu = usize::try_from(stat_field(pid, 39)?).ok()?;
-    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
+    usize::try_from(stat_field(pid, 39)?).ok()
 }
 
 /// The kernel's `PF_EXITING` task flag (include/linux/sched.h), set as a
@@ -1197,7 +1164,7 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
             retry: held_only_by_exiting(key),
         };
     }
-    let leased = set_lease(fd, libc::F_WRLCK);
+    let leased = crate::sys::set_lease(fd, true);
     let users = if leased {
         Users::None
     } else {
@@ -1211,21 +1178,12 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
         Users::Unknown | Users::Live => Probe::InUse { retry: false },
     };
     if leased {
-        set_lease(fd, libc::F_UNLCK);
+        crate::sys::set_lease(fd, false);
     }
     // A marked descriptor stays open until the marks are dropped; its lock
     // must not turn away the shmkit handles attaching meanwhile.
     let _ = fs::flock(fd, FlockOperation::Unlock);
     outcome
-}
-
-/// `fcntl(F_SETLEASE)`: whether it succeeded. An attempt to open the file
-/// while we hold the write lease waits for us to release it (microseconds:
-/// only the unlink comes between).
-fn set_lease(fd: BorrowedFd<'_>, kind: libc::c_int) -> bool {
-    // SAFETY: a plain system call on a descriptor we hold; it reads and
-    // writes no memory of ours.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind) == 0 }
 }
 
 /// Unlinks the leftover segments in `table`, then drops `marks`, so that
