@@ -430,94 +430,55 @@ pub(crate) fn populate_write(addr: *mut u8, len: usize) {
     };
 }
 
-/// The byte range a leak tracker's watcher locks (an open-file-description
-/// `fcntl` lock, a family the kernel keeps apart from `flock`) on a segment
-/// it is about to clean up: "cleanup pending". It lies far past any real
-/// size, so it cannot meet a lock a program takes on its data.
-pub(crate) const CLEANUP_MARK_START: i64 = i64::MAX - 1;
-
-fn cleanup_mark(kind: libc::c_int) -> libc::flock {
+/// An open-file-description `fcntl` lock of the one byte at `at`, of `kind`.
+fn ofd_byte(kind: libc::c_int, at: i64) -> libc::flock {
     // SAFETY: `flock` is plain old data; all-zero is a valid value.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = CLEANUP_MARK_START;
+    lock.l_start = at;
     lock.l_len = 1;
     lock
 }
 
-/// The mode bit a watcher sets beside its mark, as a hint that attachers
-/// see in the `fstat` they make anyway: `S_ISVTX`, which means nothing on
-/// a regular file. Only the file's owner may set it (a watcher of another
-/// user's segment marks it without the hint, so attachers do not wait); a
-/// hint left behind (a watcher killed mid-cleanup) costs the segment's
-/// attachers one `fcntl` each to find no mark.
-pub(crate) const CLEANUP_HINT: u32 = libc::S_ISVTX;
-
-/// Sets (`on`) or clears the hint on `fd`'s file; returns whether the bit
-/// changed. Plain system calls: safe in a forked child.
-pub(crate) fn set_cleanup_hint(fd: impl AsFd, on: bool) -> bool {
-    let Ok(st) = fs::fstat(&fd) else {
-        return false;
-    };
-    let mode = st.st_mode;
-    if (mode & CLEANUP_HINT != 0) == on || (!on && st.st_nlink == 0) {
-        return false;
-    }
-    let new = if on {
-        mode | CLEANUP_HINT
-    } else {
-        mode & !CLEANUP_HINT
-    };
-    fs::fchmod(&fd, Mode::from_raw_mode(new & 0o7777)).is_ok()
-}
-
-/// Sets the "cleanup pending" mark on the open file `fd` (non-blocking): a
-/// read lock, which a read-only descriptor may take. Only a raw `fcntl`:
-/// safe to call in a forked child.
-pub(crate) fn set_cleanup_mark(fd: impl AsFd) -> bool {
+/// Takes a read lock on the byte at `at` of `fd`'s file for `fd`'s open
+/// file description (`F_OFD_SETLK`, a family the kernel keeps apart from
+/// `flock`), without blocking; a read-only descriptor may. Whether it was
+/// taken. Only a raw `fcntl`: safe to call in a forked child.
+pub(crate) fn ofd_read_lock_byte(fd: impl AsFd, at: i64) -> bool {
     use std::os::fd::AsRawFd;
-    let lock = cleanup_mark(libc::F_RDLCK);
+    let lock = ofd_byte(libc::F_RDLCK, at);
     // SAFETY: F_OFD_SETLK reads the `flock` on our stack and nothing else.
     unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_SETLK, &lock) == 0 }
 }
 
-/// Whether another open file holds the "cleanup pending" mark on `fd`'s
-/// file: a watcher has found every tracked user of it dead and is deciding
-/// whether to unlink it. One `fcntl`.
-pub(crate) fn cleanup_pending(fd: impl AsFd) -> bool {
+/// Whether another open file holds any `fcntl` lock on the byte at `at` of
+/// `fd`'s file (`F_OFD_GETLK`). One system call.
+pub(crate) fn ofd_byte_locked(fd: impl AsFd, at: i64) -> bool {
     use std::os::fd::AsRawFd;
     // Asking about a write lock reports any lock held on the range.
-    let mut lock = cleanup_mark(libc::F_WRLCK);
+    let mut lock = ofd_byte(libc::F_WRLCK, at);
     // SAFETY: F_OFD_GETLK reads and writes the `flock` on our stack only.
     let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
     r == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
 }
 
-/// Waits, at most `limit`, until no open file holds the "cleanup pending"
-/// mark on the file `key`. Polls `/proc/locks` every 200 µs, which needs no
-/// descriptor of the file (a waiter's descriptor would count as a use
-/// with the watcher): a watcher holds the mark while the dying process
-/// finishes its exit (milliseconds, more for a large one), and a blocking
-/// `F_OFD_SETLKW` could not be bounded without a signal.
-pub(crate) fn wait_cleanup_done(key: FileKey, limit: std::time::Duration) {
-    let start = std::time::Instant::now();
-    while cleanup_mark_held(key) && start.elapsed() < limit {
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-}
+/// `S_ISVTX`, which means nothing on a regular file.
+pub(crate) const MODE_STICKY: u32 = libc::S_ISVTX;
 
-/// Whether `/proc/locks` lists a "cleanup pending" mark on the file `key`.
-fn cleanup_mark_held(key: FileKey) -> bool {
-    let Ok(text) = proc_locks() else {
+/// Sets (`on`) or clears the mode `bits` of `fd`'s file, unless they are so
+/// already or (clearing) the file is unlinked; returns whether they
+/// changed. Only the owner may. Plain system calls: safe in a forked child.
+pub(crate) fn set_mode_bits(fd: impl AsFd, bits: u32, on: bool) -> bool {
+    let Ok(st) = fs::fstat(&fd) else {
         return false;
     };
-    let file = format!("{:02x}:{:02x}:{} ", key.0, key.1, key.2);
-    let start = format!(" {CLEANUP_MARK_START} ");
-    text.split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        !line.contains("->") && line.contains(&file) && line.contains(&start)
-    })
+    let mode = st.st_mode;
+    if (mode & bits == bits) == on || (!on && st.st_nlink == 0) {
+        return false;
+    }
+    let new = if on { mode | bits } else { mode & !bits };
+    fs::fchmod(&fd, Mode::from_raw_mode(new & 0o7777)).is_ok()
 }
 
 /// A `MAP_SHARED` mapping of a whole file that other processes map too (the

@@ -24,7 +24,7 @@
 //!   `shmkit ls`), so a stdlib process's segment is seen too. Unused, it is
 //!   unlinked, with CPython's warning on stderr; used, it is left alone;
 //! * as the process starts to exit, before its files are released, the
-//!   watcher marks its segments "cleanup pending" (`sys::set_cleanup_mark`),
+//!   watcher marks its segments "cleanup pending" (`mark::set_cleanup_mark`),
 //!   and an attach that finds the mark waits for the outcome instead of
 //!   keeping the segment alive (`segment::found_size`). A parent that
 //!   attaches the moment its child is reaped thus finds the segment gone.
@@ -32,10 +32,12 @@
 //! [`crate::Options::track`] turns it on in Rust; Python's `track=True` (the
 //! default) uses it.
 
+pub(crate) mod mark;
 mod registered;
 #[allow(unsafe_code)]
 mod watcher;
 
+pub(crate) use mark::{cleanup_pending, wait_cleanup_done};
 pub use registered::{registered, Registration};
 
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -446,7 +446,7 @@ fn run(
 }
 
 /// Open files of tracked segments on which this watcher holds the "cleanup
-/// pending" mark (`sys::set_cleanup_mark`), on the stack: the watcher does
+/// pending" mark (`mark::set_cleanup_mark`), on the stack: the watcher does
 /// not allocate. Closing a file drops its mark; `_exit` closes any left.
 struct Marks {
     fds: [RawFd; MAX_MARKS],
@@ -492,10 +492,10 @@ impl Marks {
             if ino != 0 && fs::fstat(&fd).map_or(true, |st| st.st_ino != ino) {
                 continue;
             }
-            if crate::sys::set_cleanup_mark(&fd) {
+            if super::mark::set_cleanup_mark(&fd) {
                 // Mark first, hint second: an attacher that sees the hint
                 // always finds the mark.
-                self.hinted[self.len] = crate::sys::set_cleanup_hint(&fd, true);
+                self.hinted[self.len] = super::mark::set_cleanup_hint(&fd, true);
                 self.fds[self.len] = std::os::fd::IntoRawFd::into_raw_fd(fd);
                 self.slots[self.len] = i;
                 self.len += 1;
@@ -518,7 +518,7 @@ impl Marks {
             if hinted {
                 // SAFETY: a descriptor this struct opened and owns, open
                 // until the close below.
-                crate::sys::set_cleanup_hint(unsafe { BorrowedFd::borrow_raw(fd) }, false);
+                super::mark::set_cleanup_hint(unsafe { BorrowedFd::borrow_raw(fd) }, false);
             }
             // SAFETY: as above; closed once.
             unsafe { rustix::io::close(fd) };
@@ -704,7 +704,7 @@ fn lock_fields(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 /// mark, which says a watcher is judging the segment, not that anyone uses
 /// it (`inspect` skips it too).
 fn is_mark_start(start: &[u8]) -> bool {
-    parse_dec(start) == Some(crate::sys::CLEANUP_MARK_START as u64)
+    parse_dec(start) == Some(super::mark::CLEANUP_MARK_START as u64)
 }
 
 /// Whether every process that holds a `flock` on the segment `key` is
@@ -1152,7 +1152,7 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
         return Probe::Foreign;
     }
     if marked.is_none() {
-        crate::sys::set_cleanup_mark(fd);
+        super::mark::set_cleanup_mark(fd);
     }
     let key = Key {
         major: st.stx_dev_major,
