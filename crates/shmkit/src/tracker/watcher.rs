@@ -355,6 +355,8 @@ fn run(
     // RLIMIT_RTPRIO), else for a higher nice value (CAP_SYS_NICE), else
     // runs as it is. It sleeps the rest of its life, and its last work is
     // bounded (`cleanup`).
+    // Buys: the death wake runs the watcher at once instead of queued
+    // behind the dying process's exit, so its marks precede the parent.
     crate::sys::prefer_realtime();
     let own = reopen(sentinel_fd);
     close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
@@ -396,6 +398,8 @@ fn run(
                     marks.clear();
                 }
             }
+            // Buys: the sentinel's later wake-up is not queued on the CPU
+            // where the dying process is still tearing itself down.
             avoid_cpu_of(owner);
             // The process must be gone within 2 s, fork children included,
             // or the marks are dropped and the wait below goes on without.
@@ -652,6 +656,9 @@ fn last_cpu(pid: i32) -> Option<usize> {
 /// thread enters `do_exit`, before anything of it is released.
 const PF_EXITING: u64 = 0x4;
 
+/// Buys: marks set on a thread's death are kept only if the whole process
+/// is going, so attachers of a live process never wait.
+///
 /// Whether process `pid` is dying: its main thread is exiting. The thread
 /// whose death woke us may be another one, killed a moment before the main
 /// thread in the same exit, so a "no" is asked again for a few
@@ -1251,6 +1258,8 @@ fn cleanup(table: Table, marks: &mut Marks) {
     }
     // Retried a few times: names whose every user is itself exiting (it
     // died with ours and is still closing its files).
+    // Buys: a segment a co-dying process (a fork child) still holds for a
+    // moment is unlinked, not reported "still open" and leaked.
     for delay in [10, 20, 40, 80, 150] {
         if retry.iter().all(|&w| w == 0) {
             break;
