@@ -557,6 +557,16 @@ impl SharedMapping {
         }
     }
 
+    /// Whether the `bytes.len()` bytes at `at` are `bytes`, loaded with
+    /// relaxed atomics up to the first difference.
+    pub(crate) fn bytes_eq(&self, at: usize, bytes: &[u8]) -> bool {
+        self.at(at, bytes.len(), 1);
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| self.u8_at(at + k).load(Ordering::Relaxed) == b)
+    }
+
     /// Copies `bytes` to `at` with relaxed atomic stores (publish them with
     /// a release store after).
     pub(crate) fn write_bytes(&self, at: usize, bytes: &[u8]) {

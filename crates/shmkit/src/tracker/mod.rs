@@ -135,18 +135,6 @@ impl std::ops::Deref for Name {
     }
 }
 
-impl PartialEq for Name {
-    fn eq(&self, other: &Name) -> bool {
-        **self == **other
-    }
-}
-
-impl PartialEq<[u8]> for Name {
-    fn eq(&self, other: &[u8]) -> bool {
-        **self == *other
-    }
-}
-
 impl Table<'static> {
     /// A table in a memfd named [`TABLE_MEMFD`], so that `shmkit ls` can
     /// find it through `/proc/PID/fd` of the process and its watcher, which
@@ -287,6 +275,14 @@ impl<'m> Table<'m> {
         name
     }
 
+    /// Whether slot `i` holds `name`, without copying it: lookups compare
+    /// many slots, most of which differ in length or first bytes.
+    fn name_is(&self, i: usize, name: &[u8]) -> bool {
+        self.name_len(i).load(Ordering::Relaxed) as usize == name.len()
+            && name.len() <= 255
+            && self.0.bytes_eq(Self::slot(i) + NAME_AT, name)
+    }
+
     /// Writes `name` (at most 255 bytes) into slot `i`, which the caller
     /// claimed (state `WRITING`), so nobody else writes it.
     fn write_name(&self, i: usize, name: &[u8]) {
@@ -354,7 +350,7 @@ impl<'m> Table<'m> {
             for k in 0..SLOTS {
                 let i = (start + k) & (SLOTS - 1);
                 match self.state(i).load(Ordering::Acquire) {
-                    VALID if new == VALID && self.name(i) == *name => {
+                    VALID if new == VALID && self.name_is(i, name) => {
                         if self.ino(i) != ino {
                             self.slot_word(i, INO_AT).store(ino, Ordering::Release);
                         }
@@ -421,7 +417,7 @@ impl<'m> Table<'m> {
             match state.load(Ordering::Acquire) {
                 EMPTY => return,
                 VALID
-                    if self.name(i) == *name
+                    if self.name_is(i, name)
                         && state
                             .compare_exchange(VALID, DELETED, Ordering::AcqRel, Ordering::Relaxed)
                             .is_ok() =>

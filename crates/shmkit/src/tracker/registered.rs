@@ -87,9 +87,10 @@ fn read_table(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> Option<
 
 /// Slot `i`'s name, if it is one.
 fn copy_name(table: &Table, i: usize) -> Option<String> {
-    let name = table.name(i);
-    if name.is_empty() {
+    let len = table.name_len(i).load(Ordering::Relaxed);
+    if len == 0 || len > 255 {
         return None;
     }
+    let name = table.name(i);
     String::from_utf8(name.to_vec()).ok()
 }

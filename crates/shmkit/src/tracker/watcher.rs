@@ -576,7 +576,7 @@ fn first_of_name(table: &Table, i: usize) -> bool {
     table
         .used_slots()
         .take_while(|&j| j < i)
-        .all(|j| table.state(j).load(Ordering::Acquire) != VALID || table.name(j) != name)
+        .all(|j| table.state(j).load(Ordering::Acquire) != VALID || !table.name_is(j, &name))
 }
 
 /// Blocks until the tracking thread dies (true), or until end of file on
@@ -1048,7 +1048,7 @@ fn want(table: &Table, i: usize) -> Want {
         let name = table.name(i);
         let registered = table
             .used_slots()
-            .find(|&j| table.state(j).load(Ordering::Acquire) == VALID && table.name(j) == name)
+            .find(|&j| table.state(j).load(Ordering::Acquire) == VALID && table.name_is(j, &name))
             .map_or(0, |j| table.ino(j));
         Want::BornSince(table.since(i), registered)
     } else {
