@@ -297,7 +297,9 @@ class SharedMemoryManager:
         )
         settings_r, settings_w = os.pipe()
         report_r, report_w = os.pipe()
-        relay, relay_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        relay_sock, relay_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The line protocol on it is the core's (RelayClient), both ends.
+        relay = _shmkit.RelayClient(relay_sock.detach())
         program = _manager_program() if initializer is None else None
         shares_tracker = program is None and _shmkit.tracker_started()
         try:
@@ -373,7 +375,7 @@ class SharedMemoryManager:
                 # Through the tracking channel, behind the names sent before:
                 # the manager process unlinks those still waiting there, then
                 # shuts its server down.
-                relay.sendall(b"!\n")
+                relay.shutdown()
             except OSError:
                 try:
                     client.shutdown()
@@ -460,11 +462,13 @@ class SharedMemoryManager:
         if relay is not None:
             self._names.append(shm.name)
         try:
-            if relay is not None and "\n" not in shm.name:
+            if relay is not None:
                 # Our own manager process: it tracks the name asynchronously,
                 # and unlinks it if the server is gone by then.
                 try:
-                    relay.sendall(b"+" + shm.name.encode("utf-8", "surrogateescape") + b"\n")
+                    relay.send_track(shm.name)
+                except ValueError:
+                    pass  # a name the channel cannot carry: ask the server
                 except OSError:
                     pass  # the manager process is stopping: ask the server
                 else:
@@ -489,11 +493,11 @@ class SharedMemoryManager:
         and forgets the names it covers; then requests one for the names
         sent since."""
         if self._confirming is not None:
-            if relay.recv(1) != b".":
+            if relay.await_confirmations(1) != 1:
                 raise OSError("the manager process closed its tracking channel")
             for name in self._confirming:
                 _shmkit.tracker_unregister(name)
-        relay.sendall(b"\n")
+        relay.request_confirmation()
         self._confirming, self._unconfirmed = self._unconfirmed, []
 
     def _sync(self):
@@ -503,20 +507,16 @@ class SharedMemoryManager:
             return
         if self._unconfirmed is None:
             try:
-                relay.sendall(b"\n")
-                relay.recv(1)
+                relay.request_confirmation()
+                relay.await_confirmations(1)
             except OSError:
                 pass
             return
         try:
             answers = 1 if self._confirming is None else 2
-            relay.sendall(b"\n")
-            got = b""
-            while len(got) < answers:
-                chunk = relay.recv(answers - len(got))
-                if not chunk:
-                    return
-                got += chunk
+            relay.request_confirmation()
+            if relay.await_confirmations(answers) < answers:
+                return
         except OSError:
             return
         for name in (self._confirming or []) + self._unconfirmed:

@@ -90,12 +90,14 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared_memory::SharedMemoryBase>()?;
     m.add_class::<shareable_list::ShareableListBase>()?;
     m.add_class::<manager::ManagerClient>()?;
+    m.add_class::<manager::PyRelayClient>()?;
     m.add_function(wrap_pyfunction!(manager::manager_child_settings, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_child_address, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_serve_child, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_serve_child_relay, m)?)?;
     m.add_function(wrap_pyfunction!(segment::open_segment, m)?)?;
     m.add_function(wrap_pyfunction!(unlink, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::errno_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(tracker_unregister, m)?)?;
     m.add_function(wrap_pyfunction!(tracker_started, m)?)?;
     m.add_function(wrap_pyfunction!(rename, m)?)?;

@@ -11,14 +11,11 @@ use std::time::Duration;
 use pyo3::exceptions::{PyEOFError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use shmkit::manager::{frame, pickle, Address, Client, ManagerError, PyValue};
+use shmkit::manager::{Address, Client, ManagerError, PyValue, RelayClient, Report, Settings};
 
-use crate::errors::to_pyerr;
+use shmkit::pyexc::strerror;
 
-/// What a manager child prints before the hex of its pickled address (and
-/// before the reason, when it cannot listen): see `shmkit::manager::serve_child`.
-const READY: &[u8] = b"shmkit-manager-address ";
-const FAILED: &[u8] = b"shmkit-manager-error ";
+use crate::errors::{os_error, to_pyerr};
 
 /// A core error as the exception CPython's `multiprocessing` raises for the
 /// same failure (each `ManagerError` variant documents its exception).
@@ -29,7 +26,7 @@ pub(crate) fn manager_err(py: Python<'_>, err: shmkit::Error) -> PyErr {
     match m {
         ManagerError::Io { source, .. } => match source.raw_os_error() {
             // OSError(errno, strerror) becomes FileNotFoundError and kin.
-            Some(errno) => PyOSError::new_err((errno, strerror(errno))),
+            Some(errno) => os_error(errno, (errno, strerror(errno))),
             None => PyErr::from(source),
         },
         ManagerError::Eof => PyEOFError::new_err(()),
@@ -246,8 +243,8 @@ impl ManagerClient {
     }
 }
 
-/// The settings a manager child reads on its stdin: a framed pickle, as
-/// `shmkit::manager::serve_child` expects. `dir`: where a default socket
+/// The settings a manager child reads on its stdin, as
+/// `shmkit::manager::Settings` encodes them. `dir`: where a default socket
 /// goes (a private directory of the parent's).
 #[pyfunction]
 #[pyo3(signature = (address, authkey, parent, timeout=60.0, dir=None))]
@@ -259,51 +256,30 @@ pub(crate) fn manager_child_settings<'py>(
     timeout: Option<f64>,
     dir: Option<String>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let address = if address.is_none() {
-        PyValue::None
-    } else {
-        to_address(py, address)?.to_py()
-    };
-    let settings = PyValue::Dict(vec![
-        ("authkey".into(), PyValue::Bytes(authkey.to_vec())),
-        ("address".into(), address),
-        ("parent".into(), PyValue::Int(i64::from(parent))),
-        (
-            "max_message_len".into(),
-            PyValue::Int(frame::DEFAULT_MAX_LEN as i64),
-        ),
-        (
-            "timeout".into(),
-            timeout.map_or(PyValue::None, PyValue::Float),
-        ),
-        ("legacy".into(), PyValue::Bool(false)),
-        ("dir".into(), dir.map_or(PyValue::None, PyValue::Str)),
-    ]);
-    let mut out = Vec::new();
-    frame::write(&mut out, &pickle::dumps(&settings)).map_err(|e| manager_err(py, e.into()))?;
-    Ok(PyBytes::new(py, &out))
+    let mut settings = Settings::new(authkey);
+    if !address.is_none() {
+        settings.address = Some(to_address(py, address)?);
+    }
+    settings.parent = parent;
+    settings.timeout = timeout
+        .map(Duration::try_from_secs_f64)
+        .transpose()
+        .map_err(|_| PyValueError::new_err("timeout must be a non-negative number"))?;
+    settings.dir = dir;
+    Ok(PyBytes::new(py, &settings.encode()))
 }
 
 /// The address in a manager child's report line, `None` if the line is not
 /// the report; `RuntimeError` if the child could not listen.
 #[pyfunction]
 pub(crate) fn manager_child_address(py: Python<'_>, line: &[u8]) -> PyResult<Py<PyAny>> {
-    let line = line.trim_ascii();
-    if let Some(reason) = after(line, FAILED) {
-        return Err(PyRuntimeError::new_err(format!(
-            "the manager process could not start: {}",
-            String::from_utf8_lossy(reason)
-        )));
+    match Report::decode(line).map_err(|e| manager_err(py, e))? {
+        None => Ok(py.None()),
+        Some(Report::Ready(address)) => to_object(py, &address.to_py()),
+        Some(Report::Failed(reason)) => Err(PyRuntimeError::new_err(format!(
+            "the manager process could not start: {reason}"
+        ))),
     }
-    let Some(hex) = after(line, READY) else {
-        return Ok(py.None());
-    };
-    let value = unhex(hex)
-        .and_then(|b| pickle::loads(&b).ok())
-        .ok_or_else(|| {
-            PyRuntimeError::new_err("the manager process reported an unreadable address")
-        })?;
-    to_object(py, &value)
 }
 
 /// Runs a manager server in this process until it is shut down, the parent
@@ -314,15 +290,6 @@ pub(crate) fn manager_child_address(py: Python<'_>, line: &[u8]) -> PyResult<Py<
 pub(crate) fn manager_serve_child(py: Python<'_>) -> PyResult<()> {
     py.detach(shmkit::manager::serve_child)
         .map_err(|e| manager_err(py, e))
-}
-
-/// The C library's text for `errno`, without Rust's " (os error N)".
-fn strerror(errno: i32) -> String {
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    match text.rfind(" (os error ") {
-        Some(cut) => text[..cut].to_owned(),
-        None => text,
-    }
 }
 
 /// [`manager_serve_child`], with the tracking channel (see
@@ -347,17 +314,73 @@ pub(crate) fn manager_serve_child_relay(py: Python<'_>, relay_fd: i32) -> PyResu
         .map_err(|e| manager_err(py, e))
 }
 
-fn after<'a>(line: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
-    line.windows(marker.len())
-        .position(|w| w == marker)
-        .map(|at| &line[at + marker.len()..])
+/// The parent's end of a manager process's tracking channel
+/// (`shmkit::manager::RelayClient`, which owns the line protocol). Made
+/// from a socket descriptor it takes over (`socket.detach()`).
+#[pyclass(frozen, module = "shmkit._shmkit", name = "RelayClient")]
+pub(crate) struct PyRelayClient {
+    inner: std::sync::Mutex<Option<RelayClient>>,
 }
 
-fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
+impl PyRelayClient {
+    fn with<T>(&self, f: impl FnOnce(&RelayClient) -> std::io::Result<T>) -> PyResult<T> {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("the tracking channel is closed"))?;
+        f(client).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
+            _ => match e.raw_os_error() {
+                Some(errno) => os_error(errno, (errno, strerror(errno))),
+                None => PyOSError::new_err(e.to_string()),
+            },
+        })
     }
-    text.chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
+}
+
+#[pymethods]
+impl PyRelayClient {
+    #[new]
+    fn new(fd: i32) -> PyResult<Self> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::net::UnixStream;
+
+        if fd < 0 {
+            return Err(PyValueError::new_err("fd must be a socket descriptor"));
+        }
+        // SAFETY: the caller hands the descriptor over (it comes from
+        // `socket.detach()`, so no Python object closes it): this is its
+        // only owner from here on.
+        let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(PyRelayClient {
+            inner: std::sync::Mutex::new(Some(RelayClient::new(sock))),
+        })
+    }
+
+    /// Asks the manager process to track `name`; `ValueError` for a name
+    /// the channel cannot carry (ask the server instead).
+    fn send_track(&self, name: &str) -> PyResult<()> {
+        self.with(|c| c.send_track(name))
+    }
+
+    /// Asks for one answer once every line sent before is handled.
+    fn request_confirmation(&self) -> PyResult<()> {
+        self.with(RelayClient::request_confirmation)
+    }
+
+    /// Waits for the answers to `count` requests; how many came before the
+    /// channel closed.
+    fn await_confirmations(&self, py: Python<'_>, count: usize) -> PyResult<usize> {
+        py.detach(|| self.with(|c| c.await_confirmations(count)))
+    }
+
+    /// Asks the manager process to unlink every segment and stop.
+    fn shutdown(&self) -> PyResult<()> {
+        self.with(RelayClient::shutdown)
+    }
+
+    /// Closes this end of the channel.
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }

@@ -23,6 +23,9 @@
 //! Memory that another process may write is never handed out as a safe
 //! `&[u8]`: see [`Region`] for the ways in.
 #![deny(unsafe_op_in_unsafe_fn)]
+// Only the OS layer (`sys`), the mapped memory (`region`) and the tracker's
+// watcher (which runs after `fork`) may hold `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
@@ -31,12 +34,15 @@ pub mod list;
 #[cfg(feature = "manager")]
 pub mod manager;
 pub mod name;
+pub mod pyexc;
 #[cfg(feature = "list")]
 pub mod pyrepr;
+#[allow(unsafe_code)]
 mod region;
 mod shared_memory;
 // Without the manager, the calls only it makes go unused.
 #[cfg_attr(not(feature = "manager"), allow(dead_code))]
+#[allow(unsafe_code)]
 mod sys;
 pub mod tracker;
 #[cfg(feature = "manager")]

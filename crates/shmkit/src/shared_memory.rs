@@ -342,7 +342,7 @@ impl Options {
 ///
 /// The watcher's mark is an `fcntl` lock, which costs a system call to
 /// ask about, so it is asked only when the mode shows the watcher's hint
-/// (`sys::CLEANUP_HINT`), which the `fstat` every attach makes anyway
+/// (`tracker::mark::CLEANUP_HINT`), which the `fstat` every attach makes anyway
 /// reports for free.
 ///
 /// Only a regular file is a segment: anything else someone put in
@@ -368,14 +368,14 @@ fn found_size(name: &str, mut fd: OwnedFd) -> Result<(OwnedFd, usize, u64)> {
                 name: name.to_owned(),
             });
         }
-        if st.st_mode & sys::CLEANUP_HINT == 0 || !sys::cleanup_pending(&fd) {
+        if !crate::tracker::cleanup_pending(&fd, st.st_mode) {
             break;
         }
         let key = sys::fd_stat(&fd)
             .map_err(|e| Error::from_errno("stat", name, e))?
             .key;
         drop(fd);
-        sys::wait_cleanup_done(key, std::time::Duration::from_secs(2));
+        crate::tracker::wait_cleanup_done(key, std::time::Duration::from_secs(2));
         fd = sys::shm_open(name, Disposition::Open, 0o600).map_err(|e| {
             let e = if e == Errno::ISDIR { Errno::INVAL } else { e };
             Error::from_errno("open", name, e)

@@ -362,7 +362,7 @@ fn an_attach_waits_out_a_pending_cleanup() {
         let shm = Options::new().track(false).create_named(&name, 64).unwrap();
         drop(shm);
         // What a watcher does: its own open file, a read lock far past the
-        // end (the range sys::set_cleanup_mark uses), and the sticky bit as
+        // end (the range tracker::mark::set_cleanup_mark uses), and the sticky bit as
         // the hint attachers look for.
         let path = format!("/dev/shm/{name}");
         let watcher = std::fs::File::open(&path).unwrap();

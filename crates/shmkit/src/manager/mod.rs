@@ -61,8 +61,8 @@ pub use client::Client;
 pub use connection::Connection;
 pub use error::ManagerError;
 pub use pickle::{PickleError, PickleProblem, PyValue};
-pub use process::{serve_child, CHILD_ENV};
-pub use relay::serve_child_relay;
+pub use process::{serve_child, Report, Settings, CHILD_ENV};
+pub use relay::{inherited_relay, serve_child_relay, RelayClient};
 pub use server::{
     random_authkey, Server, ServerHandle, ServerOptions, Stopper, DEFAULT_TIMEOUT, MAX_CONNECTIONS,
 };

@@ -5,12 +5,21 @@
 //! Rust cannot fork a running program safely, so the child is a program
 //! started afresh (often the same executable, as CPython's "spawn" start
 //! method re-runs the interpreter) that calls [`serve_child`] when it finds
-//! [`CHILD_ENV`] set. The parent writes the settings, key included, to the
-//! child's stdin as one pickled frame, so the key never shows in a command
-//! line or an environment; the child answers with its address on a line of
-//! stdout, then serves until it is shut down, its parent dies, or it gets
-//! `SIGTERM`, and in every case unlinks its segments first. It ignores
-//! `SIGINT`, as CPython's manager process does.
+//! [`CHILD_ENV`] set. The parent writes the [`Settings`], key included, to
+//! the child's stdin, so the key never shows in a command line or an
+//! environment; the child answers with a [`Report`] line on stdout, then
+//! serves until it is shut down, its parent dies, or it gets `SIGTERM`, and
+//! in every case unlinks its segments first. It ignores `SIGINT`, as
+//! CPython's manager process does.
+//!
+//! This module is the only one that encodes or decodes either message; the
+//! Python bindings call [`Settings::encode`] and [`Report::decode`].
+//!
+//! Both are written with the manager's own wire codec, not a new format: the
+//! settings are one length-prefixed pickle frame (a dict of plain values),
+//! read with a bounded length, and the report carries the address pickled
+//! as the manager protocol pickles addresses ([`Address::to_py`]), in hex so
+//! that it is one printable line on a stdout other code may write to too.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -36,6 +45,214 @@ pub const CHILD_ENV: &str = "SHMKIT_MANAGER_CHILD";
 const READY: &[u8] = b"shmkit-manager-address ";
 /// The line a child prints when it cannot listen, before the reason.
 const FAILED: &[u8] = b"shmkit-manager-error ";
+/// The longest settings frame a child reads: a key, an address and a few
+/// numbers take far less.
+const MAX_SETTINGS_LEN: usize = 64 << 10;
+/// The longest report a parent decodes (a hex address is at most a few
+/// hundred bytes; a reason a line of text).
+const MAX_REPORT_LEN: usize = 64 << 10;
+
+/// What a manager child is told on its stdin: how to run its server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The key clients authenticate with.
+    pub authkey: Vec<u8>,
+    /// Where to listen; `None`: a new socket of the child's choosing.
+    pub address: Option<Address>,
+    /// The process whose death stops the server.
+    pub parent: u32,
+    /// The longest message the server accepts.
+    pub max_message_len: usize,
+    /// How long a connection may stay silent (`None`: forever).
+    pub timeout: Option<Duration>,
+    /// Whether to use CPython's pre-3.12 challenge.
+    pub legacy: bool,
+    /// Where a default socket goes (a private directory of the parent's).
+    pub dir: Option<String>,
+}
+
+impl Settings {
+    /// Settings for a child of this process with default limits.
+    pub fn new(authkey: &[u8]) -> Settings {
+        Settings {
+            authkey: authkey.to_vec(),
+            address: None,
+            parent: std::process::id(),
+            max_message_len: frame::DEFAULT_MAX_LEN,
+            timeout: None,
+            legacy: false,
+            dir: None,
+        }
+    }
+
+    /// The bytes a parent writes to its child's stdin.
+    pub fn encode(&self) -> Vec<u8> {
+        let dict = PyValue::Dict(vec![
+            ("authkey".into(), PyValue::Bytes(self.authkey.clone())),
+            (
+                "address".into(),
+                self.address.as_ref().map_or(PyValue::None, Address::to_py),
+            ),
+            ("parent".into(), i64::from(self.parent).into()),
+            (
+                "max_message_len".into(),
+                PyValue::Int(i64::try_from(self.max_message_len).unwrap_or(i64::MAX)),
+            ),
+            (
+                "timeout".into(),
+                self.timeout
+                    .map_or(PyValue::None, |t| t.as_secs_f64().into()),
+            ),
+            ("legacy".into(), self.legacy.into()),
+            (
+                "dir".into(),
+                self.dir.clone().map_or(PyValue::None, PyValue::Str),
+            ),
+        ]);
+        let mut out = Vec::new();
+        frame::write(&mut out, &pickle::dumps(&dict)).expect("a Vec takes any frame");
+        out
+    }
+
+    /// Reads the settings [`Settings::encode`] wrote from `input`.
+    pub fn read_from(input: &mut impl std::io::Read) -> Result<Settings> {
+        let bytes = frame::read(input, MAX_SETTINGS_LEN)?;
+        let value = pickle::loads(&bytes).map_err(ManagerError::from)?;
+        Settings::from_py(&value)
+    }
+
+    /// Decodes what [`Settings::encode`] made.
+    pub fn decode(bytes: &[u8]) -> Result<Settings> {
+        let mut input = bytes;
+        let settings = Settings::read_from(&mut input)?;
+        if !input.is_empty() {
+            return Err(bad_settings("trailing bytes"));
+        }
+        Ok(settings)
+    }
+
+    fn from_py(settings: &PyValue) -> Result<Settings> {
+        let bad = bad_settings;
+        let get = |key: &str| settings.get(&key.into()).ok_or_else(|| bad(key));
+        let authkey = match get("authkey")? {
+            PyValue::Bytes(key) => key.clone(),
+            _ => return Err(bad("authkey")),
+        };
+        let address = match get("address")? {
+            PyValue::None => None,
+            address => Some(Address::from_py(address)?),
+        };
+        let parent = match get("parent")? {
+            PyValue::Int(pid) => u32::try_from(*pid).map_err(|_| bad("parent"))?,
+            _ => return Err(bad("parent")),
+        };
+        let max_message_len = match get("max_message_len")? {
+            PyValue::Int(n) => usize::try_from(*n).map_err(|_| bad("max_message_len"))?,
+            _ => return Err(bad("max_message_len")),
+        };
+        let timeout = match get("timeout")? {
+            PyValue::None => None,
+            PyValue::Float(t) => Some(Duration::try_from_secs_f64(*t).map_err(|_| bad("timeout"))?),
+            _ => return Err(bad("timeout")),
+        };
+        let legacy = match get("legacy")? {
+            PyValue::Bool(b) => *b,
+            _ => return Err(bad("legacy")),
+        };
+        // Optional: older parents did not send it.
+        let dir = match settings.get(&"dir".into()) {
+            None | Some(PyValue::None) => None,
+            Some(PyValue::Str(dir)) => Some(dir.clone()),
+            Some(_) => return Err(bad("dir")),
+        };
+        Ok(Settings {
+            authkey,
+            address,
+            parent,
+            max_message_len,
+            timeout,
+            legacy,
+            dir,
+        })
+    }
+
+    /// The server options these settings stand for.
+    fn options(&self) -> ServerOptions {
+        let mut options = ServerOptions::new()
+            .authkey(&self.authkey)
+            .watch_process(self.parent)
+            .max_message_len(self.max_message_len)
+            .timeout(self.timeout);
+        if let Some(address) = &self.address {
+            options = options.address(address.clone());
+        }
+        if self.legacy {
+            options = options.challenge(ChallengeKind::Legacy);
+        }
+        if let Some(dir) = &self.dir {
+            options = options.private_dir(dir);
+        }
+        options
+    }
+}
+
+fn bad_settings(what: &str) -> crate::Error {
+    ManagerError::Process(format!("bad manager settings: {what}")).into()
+}
+
+/// What a manager child reports on a line of its stdout once it listens or
+/// cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// It listens at this address.
+    Ready(Address),
+    /// It could not start, for this reason (one line of text).
+    Failed(String),
+}
+
+impl Report {
+    /// The line a child prints, newline included. A newline goes first too:
+    /// whatever the host printed before (libtest does) ends its own line.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut line = b"\n".to_vec();
+        match self {
+            Report::Ready(address) => {
+                line.extend_from_slice(READY);
+                line.extend(hex(&pickle::dumps(&address.to_py())).bytes());
+            }
+            Report::Failed(reason) => {
+                line.extend_from_slice(FAILED);
+                line.extend(reason.replace(['\n', '\r'], " ").bytes());
+            }
+        }
+        line.push(b'\n');
+        line
+    }
+
+    /// The report in one line of a child's stdout, `Ok(None)` if the line
+    /// holds none. Other output may come before the marker on the same line.
+    pub fn decode(line: &[u8]) -> Result<Option<Report>> {
+        let unreadable =
+            || ManagerError::Process("the manager process reported an unreadable address".into());
+        if line.len() > MAX_REPORT_LEN {
+            return Err(unreadable().into());
+        }
+        let line = line.trim_ascii();
+        if let Some(hex) = after(line, READY) {
+            let value = unhex(hex)
+                .and_then(|b| pickle::loads(&b).ok())
+                .ok_or_else(unreadable)?;
+            let address = Address::from_py(&value).map_err(|_| unreadable())?;
+            return Ok(Some(Report::Ready(address)));
+        }
+        if let Some(reason) = after(line, FAILED) {
+            return Ok(Some(Report::Failed(
+                String::from_utf8_lossy(reason).into_owned(),
+            )));
+        }
+        Ok(None)
+    }
+}
 
 /// How long a parent waits for its child's address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,31 +268,15 @@ pub(crate) fn spawn(
     options: &ServerOptions,
     authkey: &[u8],
 ) -> Result<(Child, Address)> {
-    let config = PyValue::Dict(vec![
-        ("authkey".into(), PyValue::Bytes(authkey.to_vec())),
-        (
-            "address".into(),
-            options
-                .address
-                .as_ref()
-                .map_or(PyValue::None, Address::to_py),
-        ),
-        ("parent".into(), i64::from(std::process::id()).into()),
-        (
-            "max_message_len".into(),
-            PyValue::Int(i64::try_from(options.max_message_len).unwrap_or(i64::MAX)),
-        ),
-        (
-            "timeout".into(),
-            options
-                .timeout
-                .map_or(PyValue::None, |t| t.as_secs_f64().into()),
-        ),
-        (
-            "legacy".into(),
-            (options.challenge == ChallengeKind::Legacy).into(),
-        ),
-    ]);
+    let settings = Settings {
+        authkey: authkey.to_vec(),
+        address: options.address.clone(),
+        parent: std::process::id(),
+        max_message_len: options.max_message_len,
+        timeout: options.timeout,
+        legacy: options.challenge == ChallengeKind::Legacy,
+        dir: None,
+    };
     command
         .env(CHILD_ENV, "1")
         .stdin(Stdio::piped())
@@ -91,7 +292,7 @@ pub(crate) fn spawn(
     // A child that exits at once closes its stdin: the write then fails,
     // and the child's exit, below, says more than the broken pipe.
     let mut stdin = child.stdin.take().expect("piped");
-    let _ = frame::write(&mut stdin, &pickle::dumps(&config));
+    let _ = stdin.write_all(&settings.encode());
     drop(stdin);
 
     let stdout = child.stdout.take().expect("piped");
@@ -105,16 +306,10 @@ pub(crate) fn spawn(
             let mut line = Vec::new();
             let mut reported = false;
             while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                // libtest and other hosts may print before us on the same
-                // line, so the marker is looked for anywhere in it.
                 if !reported {
-                    let text = line.trim_ascii_end();
-                    if let Some(hex) = after(text, READY) {
+                    if let Some(report) = Report::decode(&line).transpose() {
                         reported = true;
-                        let _ = tx.send(Ok(hex.to_vec()));
-                    } else if let Some(reason) = after(text, FAILED) {
-                        reported = true;
-                        let _ = tx.send(Err(String::from_utf8_lossy(reason).into_owned()));
+                        let _ = tx.send(report);
                     }
                 }
                 line.clear();
@@ -124,16 +319,11 @@ pub(crate) fn spawn(
         return fail(&mut child, ManagerError::io("spawn a thread", e).into());
     }
     let message = match rx.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(Ok(hex)) => {
-            let address = unhex(&hex)
-                .and_then(|b| pickle::loads(&b).ok())
-                .map(|v| Address::from_py(&v));
-            match address {
-                Some(Ok(address)) => return Ok((child, address)),
-                _ => "the manager process reported an unreadable address".to_owned(),
-            }
+        Ok(Ok(Report::Ready(address))) => return Ok((child, address)),
+        Ok(Ok(Report::Failed(reason))) => {
+            format!("the manager process could not start: {reason}")
         }
-        Ok(Err(reason)) => format!("the manager process could not start: {reason}"),
+        Ok(Err(e)) => e.to_string(),
         Err(mpsc::RecvTimeoutError::Timeout) => format!(
             "the manager process did not report its address within {} s",
             STARTUP_TIMEOUT.as_secs()
@@ -216,12 +406,8 @@ impl Source for Sigterm {
 
 /// [`serve_child`], with `sources` waited on beside the server.
 pub(crate) fn serve_child_with(sources: &mut [&mut (dyn Source + 'static)]) -> Result<()> {
-    let settings = frame::read(&mut std::io::stdin().lock(), 64 << 10)
-        .map_err(crate::Error::from)
-        .and_then(|b| Ok(pickle::loads(&b).map_err(ManagerError::from)?))
-        .and_then(|v| options_from(&v));
-    let options = match settings {
-        Ok(options) => options,
+    let options = match Settings::read_from(&mut std::io::stdin().lock()) {
+        Ok(settings) => settings.options(),
         Err(e) => {
             report_failure(&e);
             return Err(e);
@@ -239,10 +425,7 @@ pub(crate) fn serve_child_with(sources: &mut [&mut (dyn Source + 'static)]) -> R
     let mut sigterm = Sigterm(sigterm);
     let mut all: Vec<&mut (dyn Source + 'static)> = vec![&mut sigterm];
     all.extend(sources.iter_mut().map(|s| &mut **s));
-    let mut line = b"\n".to_vec();
-    line.extend_from_slice(READY);
-    line.extend(hex(&pickle::dumps(&server.address().to_py())).bytes());
-    line.push(b'\n');
+    let line = Report::Ready(server.address().clone()).encode();
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(&line)
@@ -253,58 +436,9 @@ pub(crate) fn serve_child_with(sources: &mut [&mut (dyn Source + 'static)]) -> R
 }
 
 fn report_failure(e: &crate::Error) {
-    let text = e.to_string().replace('\n', " ");
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(b"\n");
-    let _ = stdout.write_all(FAILED);
-    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.write_all(&Report::Failed(e.to_string()).encode());
     let _ = stdout.flush();
-}
-
-fn options_from(settings: &PyValue) -> Result<ServerOptions> {
-    let bad = |what: &str| -> crate::Error {
-        ManagerError::Process(format!("bad manager settings: {what}")).into()
-    };
-    let get = |key: &str| settings.get(&key.into()).ok_or_else(|| bad(key));
-    let mut options = ServerOptions::new();
-    match get("authkey")? {
-        PyValue::Bytes(key) => options = options.authkey(key),
-        _ => return Err(bad("authkey")),
-    }
-    match get("address")? {
-        PyValue::None => {}
-        address => options = options.address(Address::from_py(address)?),
-    }
-    match get("parent")? {
-        PyValue::Int(pid) => {
-            options = options.watch_process(u32::try_from(*pid).map_err(|_| bad("parent"))?)
-        }
-        _ => return Err(bad("parent")),
-    }
-    match get("max_message_len")? {
-        PyValue::Int(n) => {
-            options = options.max_message_len(usize::try_from(*n).map_err(|_| bad("max"))?)
-        }
-        _ => return Err(bad("max_message_len")),
-    }
-    match get("timeout")? {
-        PyValue::None => options = options.timeout(None),
-        PyValue::Float(t) => {
-            let t = Duration::try_from_secs_f64(*t).map_err(|_| bad("timeout"))?;
-            options = options.timeout(Some(t));
-        }
-        _ => return Err(bad("timeout")),
-    }
-    if let PyValue::Bool(true) = get("legacy")? {
-        options = options.challenge(ChallengeKind::Legacy);
-    }
-    // Optional: the parent's private directory for the default socket.
-    match settings.get(&"dir".into()) {
-        None | Some(PyValue::None) => {}
-        Some(PyValue::Str(dir)) => options = options.private_dir(dir),
-        Some(_) => return Err(bad("dir")),
-    }
-    Ok(options)
 }
 
 /// What follows the first `marker` in `line`.
@@ -328,4 +462,90 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
             u8::from_str_radix(s, 16).ok()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> Settings {
+        Settings {
+            authkey: b"k\0\xffey".to_vec(),
+            address: Some(Address::from_py(&PyValue::Str("/tmp/x/listener".into())).unwrap()),
+            parent: 4_000_000,
+            max_message_len: 1234,
+            timeout: Some(Duration::from_millis(2500)),
+            legacy: true,
+            dir: Some("/tmp/pymp-x".into()),
+        }
+    }
+
+    #[test]
+    fn settings_round_trip_every_field() {
+        let s = full();
+        assert_eq!(Settings::decode(&s.encode()).unwrap(), s);
+        let bare = Settings::new(b"");
+        assert_eq!(Settings::decode(&bare.encode()).unwrap(), bare);
+        let tcp = Settings {
+            address: Some(
+                Address::from_py(&PyValue::Tuple(vec![
+                    PyValue::Str("127.0.0.1".into()),
+                    PyValue::Int(0),
+                ]))
+                .unwrap(),
+            ),
+            ..full()
+        };
+        assert_eq!(Settings::decode(&tcp.encode()).unwrap(), tcp);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        let good = full().encode();
+        assert!(Settings::decode(b"").is_err());
+        assert!(Settings::decode(&good[..good.len() - 1]).is_err());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(Settings::decode(&trailing).is_err());
+        // A frame longer than any settings is refused before it is read.
+        assert!(Settings::decode(&[0x7f, 0xff, 0xff, 0xff]).is_err());
+        // Each field of the wrong type names the field.
+        let dict = PyValue::Dict(vec![("authkey".into(), PyValue::Str("k".into()))]);
+        let mut bytes = Vec::new();
+        frame::write(&mut bytes, &pickle::dumps(&dict)).unwrap();
+        let e = Settings::decode(&bytes).unwrap_err().to_string();
+        assert!(e.contains("authkey"), "{e}");
+    }
+
+    #[test]
+    fn report_round_trips() {
+        let ready = Report::Ready(full().address.unwrap());
+        assert_eq!(
+            Report::decode(&ready.encode()).unwrap(),
+            Some(ready.clone())
+        );
+        let failed = Report::Failed("cannot\nlisten".into());
+        assert_eq!(
+            Report::decode(&failed.encode()).unwrap(),
+            Some(Report::Failed("cannot listen".into()))
+        );
+        // Other output before the marker on the same line.
+        let mut line = b"test foo ... ".to_vec();
+        line.extend_from_slice(ready.encode().trim_ascii_start());
+        assert_eq!(Report::decode(&line).unwrap(), Some(ready));
+        assert_eq!(Report::decode(b"hello\n").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_reports_are_errors() {
+        for line in [
+            &b"shmkit-manager-address 8"[..],
+            b"shmkit-manager-address zz",
+            b"shmkit-manager-address 80",
+        ] {
+            assert!(Report::decode(line).is_err());
+        }
+        let long = vec![b'a'; MAX_REPORT_LEN + 1];
+        assert!(Report::decode(&long).is_err());
+    }
 }

@@ -5,6 +5,7 @@
 use std::ffi::{c_void, CStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use rustix::fs::{self, FallocateFlags, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
@@ -265,7 +266,7 @@ pub(crate) fn ignore_sigint() -> std::io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// For `crate::inspect`: looking at segments, and at who uses them, without
+// For `crate::usage` and the CLI: looking at segments, and at who uses them, without
 // taking part: read-only opens, `pread` copies (nothing mapped), no lock kept.
 
 /// A file's identity as `/proc/*/maps` and `/proc/locks` spell it: the
@@ -431,92 +432,308 @@ pub(crate) fn populate_write(addr: *mut u8, len: usize) {
     };
 }
 
-/// The byte range a leak tracker's watcher locks (an open-file-description
-/// `fcntl` lock, a family the kernel keeps apart from `flock`) on a segment
-/// it is about to clean up: "cleanup pending". It lies far past any real
-/// size, so it cannot meet a lock a program takes on its data.
-pub(crate) const CLEANUP_MARK_START: i64 = i64::MAX - 1;
-
-fn cleanup_mark(kind: libc::c_int) -> libc::flock {
+/// An open-file-description `fcntl` lock of the one byte at `at`, of `kind`.
+fn ofd_byte(kind: libc::c_int, at: i64) -> libc::flock {
     // SAFETY: `flock` is plain old data; all-zero is a valid value.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = CLEANUP_MARK_START;
+    lock.l_start = at;
     lock.l_len = 1;
     lock
 }
 
-/// The mode bit a watcher sets beside its mark, as a hint that attachers
-/// see in the `fstat` they make anyway: `S_ISVTX`, which means nothing on
-/// a regular file. Only the file's owner may set it (a watcher of another
-/// user's segment marks it without the hint, so attachers do not wait); a
-/// hint left behind (a watcher killed mid-cleanup) costs the segment's
-/// attachers one `fcntl` each to find no mark.
-pub(crate) const CLEANUP_HINT: u32 = libc::S_ISVTX;
-
-/// Sets (`on`) or clears the hint on `fd`'s file; returns whether the bit
-/// changed. Plain system calls: safe in a forked child.
-pub(crate) fn set_cleanup_hint(fd: impl AsFd, on: bool) -> bool {
-    let Ok(st) = fs::fstat(&fd) else {
-        return false;
-    };
-    let mode = st.st_mode;
-    if (mode & CLEANUP_HINT != 0) == on || (!on && st.st_nlink == 0) {
-        return false;
-    }
-    let new = if on {
-        mode | CLEANUP_HINT
-    } else {
-        mode & !CLEANUP_HINT
-    };
-    fs::fchmod(&fd, Mode::from_raw_mode(new & 0o7777)).is_ok()
-}
-
-/// Sets the "cleanup pending" mark on the open file `fd` (non-blocking): a
-/// read lock, which a read-only descriptor may take. Only a raw `fcntl`:
-/// safe to call in a forked child.
-pub(crate) fn set_cleanup_mark(fd: impl AsFd) -> bool {
+/// Takes a read lock on the byte at `at` of `fd`'s file for `fd`'s open
+/// file description (`F_OFD_SETLK`, a family the kernel keeps apart from
+/// `flock`), without blocking; a read-only descriptor may. Whether it was
+/// taken. Only a raw `fcntl`: safe to call in a forked child.
+pub(crate) fn ofd_read_lock_byte(fd: impl AsFd, at: i64) -> bool {
     use std::os::fd::AsRawFd;
-    let lock = cleanup_mark(libc::F_RDLCK);
+    let lock = ofd_byte(libc::F_RDLCK, at);
     // SAFETY: F_OFD_SETLK reads the `flock` on our stack and nothing else.
     unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_SETLK, &lock) == 0 }
 }
 
-/// Whether another open file holds the "cleanup pending" mark on `fd`'s
-/// file: a watcher has found every tracked user of it dead and is deciding
-/// whether to unlink it. One `fcntl`.
-pub(crate) fn cleanup_pending(fd: impl AsFd) -> bool {
+/// Whether another open file holds any `fcntl` lock on the byte at `at` of
+/// `fd`'s file (`F_OFD_GETLK`). One system call.
+pub(crate) fn ofd_byte_locked(fd: impl AsFd, at: i64) -> bool {
     use std::os::fd::AsRawFd;
     // Asking about a write lock reports any lock held on the range.
-    let mut lock = cleanup_mark(libc::F_WRLCK);
+    let mut lock = ofd_byte(libc::F_WRLCK, at);
     // SAFETY: F_OFD_GETLK reads and writes the `flock` on our stack only.
     let r = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
     r == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
 }
 
-/// Waits, at most `limit`, until no open file holds the "cleanup pending"
-/// mark on the file `key`. Polls `/proc/locks` every 200 µs, which needs no
-/// descriptor of the file (a waiter's descriptor would count as a use
-/// with the watcher): a watcher holds the mark while the dying process
-/// finishes its exit (milliseconds, more for a large one), and a blocking
-/// `F_OFD_SETLKW` could not be bounded without a signal.
-pub(crate) fn wait_cleanup_done(key: FileKey, limit: std::time::Duration) {
-    let start = std::time::Instant::now();
-    while cleanup_mark_held(key) && start.elapsed() < limit {
-        std::thread::sleep(std::time::Duration::from_micros(200));
+/// `S_ISVTX`, which means nothing on a regular file.
+pub(crate) const MODE_STICKY: u32 = libc::S_ISVTX;
+
+/// Sets (`on`) or clears the mode `bits` of `fd`'s file, unless they are so
+/// already or (clearing) the file is unlinked; returns whether they
+/// changed. Only the owner may. Plain system calls: safe in a forked child.
+pub(crate) fn set_mode_bits(fd: impl AsFd, bits: u32, on: bool) -> bool {
+    let Ok(st) = fs::fstat(&fd) else {
+        return false;
+    };
+    let mode = st.st_mode;
+    if (mode & bits == bits) == on || (!on && st.st_nlink == 0) {
+        return false;
+    }
+    let new = if on { mode | bits } else { mode & !bits };
+    fs::fchmod(&fd, Mode::from_raw_mode(new & 0o7777)).is_ok()
+}
+
+/// A `MAP_SHARED` mapping of a whole file that other processes map too (the
+/// leak tracker's table), read and written only through atomics at checked
+/// offsets: another process may write any byte at any time, so no plain
+/// reference into it is ever handed out. Unmapped when dropped.
+pub(crate) struct SharedMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the memory is only ever accessed through atomics (or by the
+// pthread mutex functions, which are made for shared memory), so any
+// thread may use it.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes of `fd`: read-write, or read-only.
+    pub(crate) fn new(fd: impl AsFd, len: usize, writable: bool) -> Result<Self, Errno> {
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a fresh mapping overlaps nothing Rust knows of; it is
+        // unmapped only by `drop`, after every borrow of `self` ended.
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// The address of the `size` bytes at `at`, which must be inside the
+    /// mapping and aligned to `align` (a bug otherwise: panics).
+    fn at(&self, at: usize, size: usize, align: usize) -> *mut u8 {
+        assert!(
+            at.checked_add(size).is_some_and(|end| end <= self.len),
+            "offset {at} out of a {}-byte mapping",
+            self.len
+        );
+        let ptr = self.ptr.as_ptr().wrapping_add(at);
+        assert!(ptr as usize % align == 0, "offset {at} misaligned");
+        ptr
+    }
+
+    /// The 4-byte word at byte `at`.
+    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
+        // SAFETY: inside the mapping and aligned (checked); the mapping
+        // lives as long as `self`, and every access to it is atomic.
+        unsafe { AtomicU32::from_ptr(self.at(at, 4, 4).cast()) }
+    }
+
+    /// The 4-byte word at byte `at`, signed.
+    pub(crate) fn i32_at(&self, at: usize) -> &AtomicI32 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicI32::from_ptr(self.at(at, 4, 4).cast()) }
+    }
+
+    /// The 8-byte word at byte `at`.
+    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicU64::from_ptr(self.at(at, 8, 8).cast()) }
+    }
+
+    fn u8_at(&self, at: usize) -> &AtomicU8 {
+        // SAFETY: as in `u32_at`.
+        unsafe { AtomicU8::from_ptr(self.at(at, 1, 1)) }
+    }
+
+    /// Copies `out.len()` bytes from `at` with relaxed atomic loads.
+    pub(crate) fn read_bytes(&self, at: usize, out: &mut [u8]) {
+        self.at(at, out.len(), 1);
+        for (k, b) in out.iter_mut().enumerate() {
+            *b = self.u8_at(at + k).load(Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the `bytes.len()` bytes at `at` are `bytes`, loaded with
+    /// relaxed atomics up to the first difference.
+    pub(crate) fn bytes_eq(&self, at: usize, bytes: &[u8]) -> bool {
+        self.at(at, bytes.len(), 1);
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(k, &b)| self.u8_at(at + k).load(Ordering::Relaxed) == b)
+    }
+
+    /// Copies `bytes` to `at` with relaxed atomic stores (publish them with
+    /// a release store after).
+    pub(crate) fn write_bytes(&self, at: usize, bytes: &[u8]) {
+        self.at(at, bytes.len(), 1);
+        for (k, &b) in bytes.iter().enumerate() {
+            self.u8_at(at + k).store(b, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes a process-shared, robust mutex in the 64 bytes at `at` and
+    /// locks it, for good: when this thread dies the kernel marks its word
+    /// `OWNER_DIED` and wakes its waiters. Whether every step succeeded.
+    pub(crate) fn lock_robust_mutex(&self, at: usize) -> bool {
+        const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
+        let mutex = self
+            .at(at, 64, std::mem::align_of::<libc::pthread_mutex_t>())
+            .cast::<libc::pthread_mutex_t>();
+        // SAFETY: `mutex` is 64 reserved, aligned bytes of the mapping
+        // (checked), which outlives any use the kernel makes of it; the
+        // attribute object lives on this stack and is destroyed after use.
+        // The pthread functions only touch those two.
+        unsafe {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+            if libc::pthread_mutexattr_init(attr.as_mut_ptr()) != 0 {
+                return false;
+            }
+            let ok =
+                libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED)
+                    == 0
+                    && libc::pthread_mutexattr_setrobust(
+                        attr.as_mut_ptr(),
+                        libc::PTHREAD_MUTEX_ROBUST,
+                    ) == 0
+                    && libc::pthread_mutex_init(mutex, attr.as_ptr()) == 0
+                    && libc::pthread_mutex_lock(mutex) == 0;
+            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+            ok
+        }
+    }
+
+    /// Keeps the mapping for the rest of the process (and its fork
+    /// children, which inherit it).
+    pub(crate) fn leak(self) -> &'static SharedMapping {
+        Box::leak(Box::new(self))
     }
 }
 
-/// Whether `/proc/locks` lists a "cleanup pending" mark on the file `key`.
-fn cleanup_mark_held(key: FileKey) -> bool {
-    let Ok(text) = proc_locks() else {
-        return false;
-    };
-    let file = format!("{:02x}:{:02x}:{} ", key.0, key.1, key.2);
-    let start = format!(" {CLEANUP_MARK_START} ");
-    text.split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        !line.contains("->") && line.contains(&file) && line.contains(&start)
-    })
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: made by `new`; no borrow of `self` is left.
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// For the tracker's watcher, which runs in a fork child of a process that
+// may have other threads: everything below is async-signal-safe (a plain
+// system call or `_exit`), takes no lock and does not allocate.
+
+/// Which side of [`fork`] returned.
+pub(crate) enum Forked {
+    /// The parent; the child's pid.
+    Parent(rustix::process::Pid),
+}
+
+/// `fork()`, with `child` run in the child, which never returns from it.
+///
+/// Precondition (not checked): `child` uses only async-signal-safe calls
+/// (raw system calls, no allocation, no lock), since another thread of this
+/// process may have held any lock at the moment of the fork, and it ends
+/// with [`exit_now`] (a child's `Infallible`: it cannot return).
+pub(crate) fn fork(child: impl FnOnce() -> std::convert::Infallible) -> Result<Forked, Errno> {
+    // SAFETY: the child runs only `child`, which by this function's
+    // precondition is async-signal-safe, and never returns into the caller.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EAGAIN),
+        )),
+        // `child` returns an uninhabited type, so this arm never ends.
+        #[allow(unreachable_code)]
+        0 => match child() {},
+        pid => rustix::process::Pid::from_raw(pid)
+            .map(Forked::Parent)
+            .ok_or(Errno::CHILD),
+    }
+}
+
+/// `_exit(0)`: ends the process without running atexit handlers (after
+/// [`fork`] they belong to the parent's program).
+pub(crate) fn exit_now() -> ! {
+    // SAFETY: `_exit` is async-signal-safe and touches no memory of ours.
+    unsafe { libc::_exit(0) }
+}
+
+/// Blocks every signal that can be blocked, for this thread.
+pub(crate) fn block_all_signals() {
+    // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
+    // only the set on our stack.
+    unsafe {
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// Asks for the lowest real-time priority (`SCHED_FIFO` 1, not inherited
+/// by children) where allowed, else for nice -10, else leaves it; best
+/// effort.
+pub(crate) fn prefer_realtime() {
+    // SAFETY: sched_setscheduler and setpriority are plain system calls
+    // that read only the parameter on our stack.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 1 };
+        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
+        if libc::sched_setscheduler(0, policy, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
+        }
+    }
+}
+
+/// `fcntl(F_SETLEASE)` with a write lease (`true`) or none: whether it
+/// succeeded. An open of the file by another process waits while we hold a
+/// write lease.
+pub(crate) fn set_lease(fd: impl AsFd, write: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let kind = if write { libc::F_WRLCK } else { libc::F_UNLCK };
+    // SAFETY: a plain system call on a descriptor we hold; it reads and
+    // writes no memory of ours.
+    unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_SETLEASE, kind) == 0 }
+}
+
+/// Glibc's `M_ARENA_MAX` to 1: a program with a few threads and little
+/// memory spares each thread the arena glibc would reserve (and trim) for
+/// it. Best effort; call it before starting threads.
+pub(crate) fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Takes over descriptor `fd`, inherited from the parent, if it is an open
+/// socket.
+///
+/// Precondition (not checked): the process was started with `fd` handed to
+/// it for the caller, and nothing else in it owns or uses that number; call
+/// it once per descriptor.
+pub(crate) fn take_inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: only borrowed for the fstat; a number that is not open just
+    // fails.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = fs::fstat(borrowed).ok()?;
+    if fs::FileType::from_raw_mode(st.st_mode) != fs::FileType::Socket {
+        return None;
+    }
+    // SAFETY: `fd` is open (fstat succeeded) and, by this function's
+    // precondition, handed to the caller alone.
+    Some(std::os::unix::net::UnixStream::from(unsafe {
+        OwnedFd::from_raw_fd(fd)
+    }))
 }

@@ -1,4 +1,7 @@
-//! The only place in the crate that makes system calls.
+//! The OS layer: the only place in the crate that makes a system call
+//! needing `unsafe` or touches raw memory (`region` aside, which owns its
+//! mapping). Elsewhere only rustix's safe calls are made, chiefly by the
+//! tracker's watcher, which runs after `fork` on raw system calls alone.
 //!
 //! Each platform gets one module with the same functions; only Linux is
 //! implemented and tested today. Everything here takes names that
@@ -8,6 +11,12 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+
+// The "cleanup pending" mark is the tracker's (tracker/mark.rs); these names
+// stay reachable here for `inspect`, which reads the mark.
+#[cfg(test)]
+pub(crate) use crate::tracker::mark::set_cleanup_mark;
+pub(crate) use crate::tracker::mark::CLEANUP_MARK_START;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmkit supports Linux only for now; see sys/mod.rs for where a port goes");

@@ -24,26 +24,30 @@
 //!   `shmkit ls`), so a stdlib process's segment is seen too. Unused, it is
 //!   unlinked, with CPython's warning on stderr; used, it is left alone;
 //! * as the process starts to exit, before its files are released, the
-//!   watcher marks its segments "cleanup pending" (`sys::set_cleanup_mark`),
+//!   watcher marks its segments "cleanup pending" (`mark::set_cleanup_mark`),
 //!   and an attach that finds the mark waits for the outcome instead of
-//!   keeping the segment alive (`segment::found_size`). A parent that
+//!   keeping the segment alive (`shared_memory::found_size`). A parent that
 //!   attaches the moment its child is reaped thus finds the segment gone.
 //!
 //! [`crate::Options::track`] turns it on in Rust; Python's `track=True` (the
 //! default) uses it.
 
+pub(crate) mod mark;
 mod registered;
+#[allow(unsafe_code)]
 mod watcher;
 
+pub(crate) use mark::{cleanup_pending, wait_cleanup_done};
 pub use registered::{registered, Registration};
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::io::Errno;
 use rustix::process::Pid;
+
+use crate::sys::SharedMapping;
 
 /// Slots in the shared table: one per tracked name alive in this process
 /// tree. Pages are touched only where names land, so the 4 MiB reservation
@@ -89,26 +93,8 @@ pub const TABLE_MEMFD: &std::ffi::CStr = c"shmkit-tracker-table";
 
 /// Maps a table's memfd: read-write for our own, read-only for another
 /// process's (`registered`).
-fn map_table(fd: &OwnedFd, writable: bool) -> Result<NonNull<u8>, Errno> {
-    use rustix::mm::{mmap, MapFlags, ProtFlags};
-    let prot = if writable {
-        ProtFlags::READ | ProtFlags::WRITE
-    } else {
-        ProtFlags::READ
-    };
-    // SAFETY: a fresh mapping of a file we hold overlaps nothing Rust knows
-    // of; it is never unmapped while a `Table` of ours points into it.
-    let ptr = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            TABLE_SIZE,
-            prot,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )?
-    };
-    NonNull::new(ptr.cast::<u8>()).ok_or(Errno::NOMEM)
+fn map_table(fd: &OwnedFd, writable: bool) -> Result<SharedMapping, Errno> {
+    SharedMapping::new(fd, TABLE_SIZE, writable)
 }
 
 /// Never used: a lookup may stop here.
@@ -129,24 +115,35 @@ const DELETED: u32 = 3;
 const INTENT: u32 = 4;
 
 /// The table shared by this process, its fork children and the watcher.
+/// Slots are claimed with atomic compare-and-swap; every access goes
+/// through the mapping's checked atomics.
 #[derive(Clone, Copy)]
-struct Table(NonNull<u8>);
+struct Table<'m>(&'m SharedMapping);
 
-// SAFETY: the table is plain shared memory whose slots are claimed with
-// atomic compare-and-swap; nothing in it is tied to a thread.
-unsafe impl Send for Table {}
-unsafe impl Sync for Table {}
+/// A slot's name, copied out of the table (which another process may be
+/// writing): no allocation, for the watcher after `fork`.
+#[derive(Clone, Copy)]
+struct Name {
+    len: u8,
+    bytes: [u8; 255],
+}
 
-impl Table {
+impl std::ops::Deref for Name {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl Table<'static> {
     /// A table in a memfd named [`TABLE_MEMFD`], so that `shmkit ls` can
     /// find it through `/proc/PID/fd` of the process and its watcher, which
     /// both keep the descriptor.
-    fn new() -> Result<(Table, OwnedFd), Errno> {
+    fn new() -> Result<(Table<'static>, OwnedFd), Errno> {
         use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
         let fd = memfd_create(TABLE_MEMFD, MemfdFlags::CLOEXEC)?;
         ftruncate(&fd, TABLE_SIZE as u64)?;
-        let ptr = map_table(&fd, true)?;
-        let table = Table(ptr);
+        let table = Table(map_table(&fd, true)?.leak());
         table.owner().store(
             rustix::process::getpid().as_raw_nonzero().get(),
             Ordering::Relaxed,
@@ -172,32 +169,7 @@ impl Table {
     /// is not exiting ([`Table::main_locker`]) and falls back to end of file.
     fn arm_death_wake(&self) {
         self.robust_word_at().store(-1, Ordering::Relaxed);
-        // SAFETY: the mutex lives in our fresh table mapping, which is never
-        // unmapped, at an offset reserved for it (64 bytes, checked above);
-        // the attribute object lives on this stack and is destroyed after
-        // use. The pthread functions only touch those two.
-        let locked = unsafe {
-            let mutex = self
-                .0
-                .as_ptr()
-                .add(ROBUST_AT)
-                .cast::<libc::pthread_mutex_t>();
-            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-            if libc::pthread_mutexattr_init(attr.as_mut_ptr()) != 0 {
-                return;
-            }
-            let ok =
-                libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED)
-                    == 0
-                    && libc::pthread_mutexattr_setrobust(
-                        attr.as_mut_ptr(),
-                        libc::PTHREAD_MUTEX_ROBUST,
-                    ) == 0
-                    && libc::pthread_mutex_init(mutex, attr.as_ptr()) == 0
-                    && libc::pthread_mutex_lock(mutex) == 0;
-            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
-            ok
-        };
+        let locked = self.0.lock_robust_mutex(ROBUST_AT);
         if !locked {
             return;
         }
@@ -213,22 +185,22 @@ impl Table {
                 .store((ROBUST_AT + 4 * k) as i32, Ordering::Release);
         }
     }
+}
 
+impl<'m> Table<'m> {
     /// The 4-byte word at byte `at` of the header.
-    fn word(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= HEADER);
-        // SAFETY: inside the header page of the mapping, 4-byte aligned.
-        unsafe { &*(self.0.as_ptr().add(at).cast::<AtomicU32>()) }
+    fn word(&self, at: usize) -> &'m AtomicU32 {
+        debug_assert!(at + 4 <= HEADER);
+        self.0.u32_at(at)
     }
 
-    fn robust_word_at(&self) -> &AtomicI32 {
-        // SAFETY: ROBUST_WORD_AT is inside the header page, 4-byte aligned.
-        unsafe { &*(self.0.as_ptr().add(ROBUST_WORD_AT).cast::<AtomicI32>()) }
+    fn robust_word_at(&self) -> &'m AtomicI32 {
+        self.0.i32_at(ROBUST_WORD_AT)
     }
 
     /// The futex word that turns `OWNER_DIED` when the tracking thread dies,
     /// if [`arm_death_wake`](Self::arm_death_wake) succeeded.
-    fn death_word(&self) -> Option<&AtomicU32> {
+    fn death_word(&self) -> Option<&'m AtomicU32> {
         let at = usize::try_from(self.robust_word_at().load(Ordering::Acquire)).ok()?;
         (at >= ROBUST_AT && at + 4 <= ROBUST_AT + 64 && at % 4 == 0).then(|| self.word(at))
     }
@@ -240,32 +212,35 @@ impl Table {
     }
 
     /// The watcher-ready word (`READY_AT`).
-    fn ready(&self) -> &AtomicU32 {
+    fn ready(&self) -> &'m AtomicU32 {
         self.word(READY_AT)
     }
 
     /// The pid of the process that made the table (its fork children share
     /// it).
-    fn owner(&self) -> &AtomicI32 {
-        // SAFETY: OWNER_AT is inside the header page, 4-byte aligned.
-        unsafe { &*(self.0.as_ptr().add(OWNER_AT).cast::<AtomicI32>()) }
+    fn owner(&self) -> &'m AtomicI32 {
+        self.0.i32_at(OWNER_AT)
     }
 
-    fn slot(&self, i: usize) -> *mut u8 {
-        // SAFETY: i < SLOTS, so the slot is inside the mapping.
-        unsafe { self.0.as_ptr().add(HEADER + i * SLOT_SIZE) }
+    /// The byte offset of slot `i` in the table.
+    fn slot(i: usize) -> usize {
+        debug_assert!(i < SLOTS);
+        HEADER + i * SLOT_SIZE
     }
 
-    fn state(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: the slot is inside the mapping, which lives for the rest
-        // of the process; slots are 4-byte aligned.
-        unsafe { &*(self.slot(i).cast::<AtomicU32>()) }
+    fn state(&self, i: usize) -> &'m AtomicU32 {
+        self.0.u32_at(Self::slot(i))
     }
 
     /// Word `w` of the used-pages bitmap.
-    fn used_word(&self, w: usize) -> &AtomicU64 {
-        // SAFETY: PAGES / 64 words fit the header page; 8-byte aligned.
-        unsafe { &*(self.0.as_ptr().cast::<AtomicU64>().add(w)) }
+    fn used_word(&self, w: usize) -> &'m AtomicU64 {
+        debug_assert!(w < PAGES.div_ceil(64));
+        self.0.u64_at(8 * w)
+    }
+
+    /// The length word of slot `i`'s name.
+    fn name_len(&self, i: usize) -> &'m AtomicU32 {
+        self.0.u32_at(Self::slot(i) + 4)
     }
 
     fn mark_used(&self, i: usize) {
@@ -275,9 +250,12 @@ impl Table {
     }
 
     /// Every slot that may ever have been used, in order.
-    fn used_slots(&self) -> impl Iterator<Item = usize> + '_ {
+    fn used_slots(&self) -> impl Iterator<Item = usize> + 'm {
+        let table = *self;
         (0..PAGES)
-            .filter(move |&p| self.used_word(p / 64).load(Ordering::Acquire) & (1 << (p % 64)) != 0)
+            .filter(move |&p| {
+                table.used_word(p / 64).load(Ordering::Acquire) & (1 << (p % 64)) != 0
+            })
             .flat_map(|p| {
                 let first = (p * PAGE).div_ceil(SLOT_SIZE);
                 let end = ((p + 1) * PAGE).div_ceil(SLOT_SIZE).min(SLOTS);
@@ -286,33 +264,37 @@ impl Table {
     }
 
     /// The name in slot `i` (only meaningful while its state is `VALID`).
-    fn name(&self, i: usize) -> &[u8] {
-        // SAFETY: as in `state`; the length word is written before the state
-        // is published as VALID and never exceeds 255.
-        unsafe {
-            let base = self.slot(i);
-            let len = (*(base.add(4).cast::<AtomicU32>())).load(Ordering::Relaxed) as usize;
-            std::slice::from_raw_parts(base.add(NAME_AT), len.min(255))
-        }
+    fn name(&self, i: usize) -> Name {
+        let len = (self.name_len(i).load(Ordering::Relaxed) as usize).min(255);
+        let mut name = Name {
+            len: len as u8,
+            bytes: [0; 255],
+        };
+        self.0
+            .read_bytes(Self::slot(i) + NAME_AT, &mut name.bytes[..len]);
+        name
     }
 
+    /// Whether slot `i` holds `name`, without copying it: lookups compare
+    /// many slots, most of which differ in length or first bytes.
+    fn name_is(&self, i: usize, name: &[u8]) -> bool {
+        self.name_len(i).load(Ordering::Relaxed) as usize == name.len()
+            && name.len() <= 255
+            && self.0.bytes_eq(Self::slot(i) + NAME_AT, name)
+    }
+
+    /// Writes `name` (at most 255 bytes) into slot `i`, which the caller
+    /// claimed (state `WRITING`), so nobody else writes it.
     fn write_name(&self, i: usize, name: &[u8]) {
-        // SAFETY: the caller claimed slot i (state WRITING), so nobody else
-        // writes it; name.len() <= 255 fits.
-        unsafe {
-            let base = self.slot(i);
-            (*(base.add(4).cast::<AtomicU32>())).store(name.len() as u32, Ordering::Relaxed);
-            std::ptr::copy_nonoverlapping(name.as_ptr(), base.add(NAME_AT), name.len());
-        }
+        let name = &name[..name.len().min(255)];
+        self.name_len(i).store(name.len() as u32, Ordering::Relaxed);
+        self.0.write_bytes(Self::slot(i) + NAME_AT, name);
     }
 
     /// The 8-byte word at byte `at` of slot `i` (`INO_AT`, `SINCE_AT`).
-    fn slot_word(&self, i: usize, at: usize) -> &AtomicU64 {
+    fn slot_word(&self, i: usize, at: usize) -> &'m AtomicU64 {
         debug_assert!(at == INO_AT || at == SINCE_AT);
-        // SAFETY: inside slot i, which is inside the mapping; slots and
-        // these offsets are 8-byte aligned (HEADER and SLOT_SIZE are
-        // multiples of 8).
-        unsafe { &*(self.slot(i).add(at).cast::<AtomicU64>()) }
+        self.0.u64_at(Self::slot(i) + at)
     }
 
     /// The inode of the segment registered in slot `i` (0: unknown).
@@ -368,7 +350,7 @@ impl Table {
             for k in 0..SLOTS {
                 let i = (start + k) & (SLOTS - 1);
                 match self.state(i).load(Ordering::Acquire) {
-                    VALID if new == VALID && self.name(i) == name => {
+                    VALID if new == VALID && self.name_is(i, name) => {
                         if self.ino(i) != ino {
                             self.slot_word(i, INO_AT).store(ino, Ordering::Release);
                         }
@@ -435,7 +417,7 @@ impl Table {
             match state.load(Ordering::Acquire) {
                 EMPTY => return,
                 VALID
-                    if self.name(i) == name
+                    if self.name_is(i, name)
                         && state
                             .compare_exchange(VALID, DELETED, Ordering::AcqRel, Ordering::Relaxed)
                             .is_ok() =>
@@ -450,7 +432,7 @@ impl Table {
 
 /// This process's side of the tracker.
 struct Tracker {
-    table: Table,
+    table: Table<'static>,
     /// The table's memfd, kept for relaunched watchers and for `shmkit ls`.
     table_fd: OwnedFd,
     /// The watcher's pid.

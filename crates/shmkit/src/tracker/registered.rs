@@ -4,11 +4,11 @@
 
 use std::collections::HashSet;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{self, Mode, OFlags};
 
-use super::{map_table, Table, NAME_AT, TABLE_MEMFD, TABLE_SIZE, VALID};
+use super::{map_table, Table, TABLE_MEMFD, TABLE_SIZE, VALID};
 
 /// The names one process tree has registered with its tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,8 @@ fn read_table(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> Option<
     if !seen.insert((st.st_dev, st.st_ino)) || st.st_size != TABLE_SIZE as i64 {
         return None;
     }
-    let table = Table(map_table(&fd, false).ok()?);
+    let mapping = map_table(&fd, false).ok()?;
+    let table = Table(&mapping);
     let pid = table.owner().load(Ordering::Relaxed);
     let mut names = Vec::new();
     for i in table.used_slots() {
@@ -81,26 +82,15 @@ fn read_table(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> Option<
             }
         }
     }
-    // SAFETY: the mapping was made above and nothing points into it now.
-    unsafe {
-        let _ = rustix::mm::munmap(table.0.as_ptr().cast(), TABLE_SIZE);
-    }
     Some(Registration { pid, names })
 }
 
-/// Slot `i`'s name copied byte by byte with atomic loads: another process
-/// writes the table, so it is never seen as a `&[u8]`.
+/// Slot `i`'s name, if it is one.
 fn copy_name(table: &Table, i: usize) -> Option<String> {
-    let base = table.slot(i);
-    // SAFETY: the length word and the 255 name bytes are inside slot i,
-    // which is inside the mapping; the slot is 4-byte aligned.
-    let len = unsafe { &*(base.add(4).cast::<AtomicU32>()) }.load(Ordering::Relaxed) as usize;
+    let len = table.name_len(i).load(Ordering::Relaxed);
     if len == 0 || len > 255 {
         return None;
     }
-    let bytes: Vec<u8> = (0..len)
-        // SAFETY: as above; k < len <= 255 stays inside the slot.
-        .map(|k| unsafe { &*(base.add(NAME_AT + k).cast::<AtomicU8>()) }.load(Ordering::Relaxed))
-        .collect();
-    String::from_utf8(bytes).ok()
+    let name = table.name(i);
+    String::from_utf8(name.to_vec()).ok()
 }

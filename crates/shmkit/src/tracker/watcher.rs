@@ -66,29 +66,26 @@ pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Er
     let sentinel_fd = sentinel.as_ref().map_or(-1, |s| s.fd.as_raw_fd());
     let sentinel_addr = sentinel.as_ref().map_or(0, |s| s.addr);
     table.ready().store(0, Ordering::Relaxed);
-    // SAFETY: the child calls only async-signal-safe functions (raw system
-    // calls through rustix's linux_raw backend, no allocator, no lock another
+    // The child calls only async-signal-safe functions (raw system calls
+    // through rustix's linux_raw backend, no allocator, no lock another
     // thread may have held at the fork) and ends with `_exit`; see `run`.
-    match unsafe { libc::fork() } {
-        -1 => Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EAGAIN),
-        )),
-        0 => run(
+    let child = || -> std::convert::Infallible {
+        run(
             read.as_raw_fd(),
             table,
             table_fd,
             parent,
             sentinel_fd,
             sentinel_addr,
-        ),
-        pid => {
+        )
+    };
+    match crate::sys::fork(child)? {
+        crate::sys::Forked::Parent(pid) => {
             drop(read);
             // Only the mapping keeps the sentinel (and its lock) now.
             drop(sentinel);
             wait_ready(&table);
-            Pid::from_raw(pid).map(|p| (p, write)).ok_or(Errno::CHILD)
+            Ok((pid, write))
         }
     }
 }
@@ -347,13 +344,7 @@ fn run(
 ) -> ! {
     // Ctrl-C and kill meant for the parent's group must not stop the
     // cleanup; a watcher ends only when its parent does (or by SIGKILL).
-    // SAFETY: sigfillset and sigprocmask are async-signal-safe and write
-    // only the set on our stack.
-    unsafe {
-        let mut all = MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigfillset(all.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, all.as_ptr(), std::ptr::null_mut());
-    }
+    crate::sys::block_all_signals();
     let _ = rustix::process::chdir(c"/");
     // Woken as its process dies, the watcher races that process's parent
     // to the segments: it must mark them before the parent, told of the
@@ -364,15 +355,9 @@ fn run(
     // RLIMIT_RTPRIO), else for a higher nice value (CAP_SYS_NICE), else
     // runs as it is. It sleeps the rest of its life, and its last work is
     // bounded (`cleanup`).
-    // SAFETY: sched_setscheduler and setpriority are plain system calls
-    // (async-signal-safe) that read only the parameter on our stack.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 1 };
-        let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
-        if libc::sched_setscheduler(0, policy, &param) != 0 {
-            libc::setpriority(libc::PRIO_PROCESS, 0, -10);
-        }
-    }
+    // Buys: the death wake runs the watcher at once instead of queued
+    // behind the dying process's exit, so its marks precede the parent.
+    crate::sys::prefer_realtime();
     let own = reopen(sentinel_fd);
     close_others(&[read, table_fd, own.as_ref().map_or(-1, |f| f.as_raw_fd())]);
     unmap_segments();
@@ -388,16 +373,14 @@ fn run(
     if let Some(own) = own {
         // The tracking thread's death wakes us as its exit begins
         // (`Table::arm_death_wake`), before its files are released and well
-        // before its parent's `wait()` returns. Once the marks are set, we
-        // move off the dying process's CPU, where the sentinel's wake-up
-        // would otherwise land, behind the rest of its exit.
+        // before its parent's `wait()` returns.
         let mut marks = Marks::new();
         signal_ready(&table);
         if wait_owner_death(&table, pipe) {
             let owner = table.owner().load(Ordering::Relaxed);
             // Mark each tracked segment "cleanup pending", so that a process
             // attaching from now on waits for our decision instead of
-            // holding the segment (`segment::found_size`). Marking
+            // holding the segment (`shared_memory::found_size`). Marking
             // comes first, for a small process exits in a few dozen
             // microseconds; then the marks are kept only if the whole
             // process is dying: not if a thread exited alone, nor if we were
@@ -413,7 +396,6 @@ fn run(
                     marks.clear();
                 }
             }
-            avoid_cpu_of(owner);
             // The process must be gone within 2 s, fork children included,
             // or the marks are dropped and the wait below goes on without.
             if !marks.is_empty() {
@@ -429,8 +411,7 @@ fn run(
         // is about to unlink itself.
         while let Err(Errno::INTR) = fs::flock(&own, FlockOperation::LockShared) {}
         cleanup(table, &mut marks);
-        // SAFETY: as below.
-        unsafe { libc::_exit(0) }
+        crate::sys::exit_now();
     }
     signal_ready(&table);
     wait_eof(pipe);
@@ -460,13 +441,11 @@ fn run(
         }
     }
     cleanup(table, &mut Marks::new());
-    // SAFETY: `_exit` is async-signal-safe and runs no atexit handlers
-    // (they belong to the parent's program).
-    unsafe { libc::_exit(0) }
+    crate::sys::exit_now()
 }
 
 /// Open files of tracked segments on which this watcher holds the "cleanup
-/// pending" mark (`sys::set_cleanup_mark`), on the stack: the watcher does
+/// pending" mark (`mark::set_cleanup_mark`), on the stack: the watcher does
 /// not allocate. Closing a file drops its mark; `_exit` closes any left.
 struct Marks {
     fds: [RawFd; MAX_MARKS],
@@ -504,7 +483,7 @@ impl Marks {
             if table.state(i).load(Ordering::Acquire) != VALID || !first_of_name(table, i) {
                 continue;
             }
-            let Some(fd) = open_segment(table.name(i)) else {
+            let Some(fd) = open_segment(&table.name(i)) else {
                 continue;
             };
             // Not a file someone else made since under the name.
@@ -512,10 +491,10 @@ impl Marks {
             if ino != 0 && fs::fstat(&fd).map_or(true, |st| st.st_ino != ino) {
                 continue;
             }
-            if crate::sys::set_cleanup_mark(&fd) {
+            if super::mark::set_cleanup_mark(&fd) {
                 // Mark first, hint second: an attacher that sees the hint
                 // always finds the mark.
-                self.hinted[self.len] = crate::sys::set_cleanup_hint(&fd, true);
+                self.hinted[self.len] = super::mark::set_cleanup_hint(&fd, true);
                 self.fds[self.len] = std::os::fd::IntoRawFd::into_raw_fd(fd);
                 self.slots[self.len] = i;
                 self.len += 1;
@@ -538,7 +517,7 @@ impl Marks {
             if hinted {
                 // SAFETY: a descriptor this struct opened and owns, open
                 // until the close below.
-                crate::sys::set_cleanup_hint(unsafe { BorrowedFd::borrow_raw(fd) }, false);
+                super::mark::set_cleanup_hint(unsafe { BorrowedFd::borrow_raw(fd) }, false);
             }
             // SAFETY: as above; closed once.
             unsafe { rustix::io::close(fd) };
@@ -597,7 +576,7 @@ fn first_of_name(table: &Table, i: usize) -> bool {
     table
         .used_slots()
         .take_while(|&j| j < i)
-        .all(|j| table.state(j).load(Ordering::Acquire) != VALID || table.name(j) != name)
+        .all(|j| table.state(j).load(Ordering::Acquire) != VALID || !table.name_is(j, &name))
 }
 
 /// Blocks until the tracking thread dies (true), or until end of file on
@@ -654,37 +633,13 @@ fn pipe_closed(pipe: BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
-/// Pins this process to every CPU but the one process `pid` last ran on,
-/// when there is another; best effort.
-fn avoid_cpu_of(pid: i32) {
-    let Some(cpu) = last_cpu(pid) else {
-        return;
-    };
-    // SAFETY: the cpu_set_t lives on this stack; the calls only read and
-    // write it (sched_[gs]etaffinity are plain system calls).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
-            || !libc::CPU_ISSET(cpu, &set)
-            || libc::CPU_COUNT(&set) < 2
-        {
-            return;
-        }
-        libc::CPU_CLR(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Field 39 of `/proc/PID/stat`: the CPU the process last ran on.
-fn last_cpu(pid: i32) -> Option<usize> {
-    let cpu = usize::try_from(stat_field(pid, 39)?).ok()?;
-    (cpu < libc::CPU_SETSIZE as usize).then_some(cpu)
-}
-
 /// The kernel's `PF_EXITING` task flag (include/linux/sched.h), set as a
 /// thread enters `do_exit`, before anything of it is released.
 const PF_EXITING: u64 = 0x4;
 
+/// Buys: marks set on a thread's death are kept only if the whole process
+/// is going, so attachers of a live process never wait.
+///
 /// Whether process `pid` is dying: its main thread is exiting. The thread
 /// whose death woke us may be another one, killed a moment before the main
 /// thread in the same exit, so a "no" is asked again for a few
@@ -737,7 +692,7 @@ fn lock_fields(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 /// mark, which says a watcher is judging the segment, not that anyone uses
 /// it (`inspect` skips it too).
 fn is_mark_start(start: &[u8]) -> bool {
-    parse_dec(start) == Some(crate::sys::CLEANUP_MARK_START as u64)
+    parse_dec(start) == Some(super::mark::CLEANUP_MARK_START as u64)
 }
 
 /// Whether every process that holds a `flock` on the segment `key` is
@@ -779,7 +734,7 @@ enum Users {
 
 /// Who uses the segment `key` (owned by `uid`, permission bits `mode`)
 /// besides this watcher, by the rule `shmkit ls` applies
-/// (`crate::inspect`): a mapping, an open descriptor or a lock, in any
+/// (`crate::usage`): a mapping, an open descriptor or a lock, in any
 /// process this one may inspect, read from `/proc` with stack buffers only.
 /// A watcher's descriptors that hold a "cleanup pending" mark are not
 /// uses: they are how watchers judge, and two watchers judging the same
@@ -1093,7 +1048,7 @@ fn want(table: &Table, i: usize) -> Want {
         let name = table.name(i);
         let registered = table
             .used_slots()
-            .find(|&j| table.state(j).load(Ordering::Acquire) == VALID && table.name(j) == name)
+            .find(|&j| table.state(j).load(Ordering::Acquire) == VALID && table.name_is(j, &name))
             .map_or(0, |j| table.ino(j));
         Want::BornSince(table.since(i), registered)
     } else {
@@ -1185,7 +1140,7 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
         return Probe::Foreign;
     }
     if marked.is_none() {
-        crate::sys::set_cleanup_mark(fd);
+        super::mark::set_cleanup_mark(fd);
     }
     let key = Key {
         major: st.stx_dev_major,
@@ -1197,7 +1152,7 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
             retry: held_only_by_exiting(key),
         };
     }
-    let leased = set_lease(fd, libc::F_WRLCK);
+    let leased = crate::sys::set_lease(fd, true);
     let users = if leased {
         Users::None
     } else {
@@ -1211,21 +1166,12 @@ fn probe(name: &[u8], want: Want, marked: Option<BorrowedFd<'_>>) -> Probe {
         Users::Unknown | Users::Live => Probe::InUse { retry: false },
     };
     if leased {
-        set_lease(fd, libc::F_UNLCK);
+        crate::sys::set_lease(fd, false);
     }
     // A marked descriptor stays open until the marks are dropped; its lock
     // must not turn away the shmkit handles attaching meanwhile.
     let _ = fs::flock(fd, FlockOperation::Unlock);
     outcome
-}
-
-/// `fcntl(F_SETLEASE)`: whether it succeeded. An attempt to open the file
-/// while we hold the write lease waits for us to release it (microseconds:
-/// only the unlink comes between).
-fn set_lease(fd: BorrowedFd<'_>, kind: libc::c_int) -> bool {
-    // SAFETY: a plain system call on a descriptor we hold; it reads and
-    // writes no memory of ours.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind) == 0 }
 }
 
 /// Unlinks the leftover segments in `table`, then drops `marks`, so that
@@ -1255,7 +1201,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
                 continue;
             }
             let intent = pass == INTENT;
-            match probe(table.name(i), want(&table, i), marks.fd_of(i)) {
+            match probe(&table.name(i), want(&table, i), marks.fd_of(i)) {
                 Probe::InUse { retry: again } => {
                     leaked += 1;
                     pending[i / 64] |= 1 << (i % 64);
@@ -1285,14 +1231,16 @@ fn cleanup(table: Table, marks: &mut Marks) {
         let name = table.name(i);
         Line::new()
             .push(b"shmkit: UserWarning: resource_tracker: '/")
-            .push(name)
+            .push(&name)
             .push(b"': [Errno 2] No such file or directory: '/")
-            .push(name)
+            .push(&name)
             .push(b"'\n")
             .emit();
     }
     // Retried a few times: names whose every user is itself exiting (it
     // died with ours and is still closing its files).
+    // Buys: a segment a co-dying process (a fork child) still holds for a
+    // moment is unlinked, not reported "still open" and leaked.
     for delay in [10, 20, 40, 80, 150] {
         if retry.iter().all(|&w| w == 0) {
             break;
@@ -1302,7 +1250,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
             if !has(&retry, i) {
                 continue;
             }
-            match probe(table.name(i), want(&table, i), None) {
+            match probe(&table.name(i), want(&table, i), None) {
                 Probe::InUse { retry: true } => {}
                 Probe::InUse { retry: false } => retry[i / 64] &= !(1 << (i % 64)),
                 _ => {
@@ -1315,7 +1263,7 @@ fn cleanup(table: Table, marks: &mut Marks) {
     for i in (0..SLOTS).filter(|&i| has(&pending, i)) {
         Line::new()
             .push(b"shmkit: resource_tracker: '/")
-            .push(table.name(i))
+            .push(&table.name(i))
             .push(b"': still open in another process; not unlinked\n")
             .emit();
     }

@@ -129,14 +129,8 @@ fn os_error_line(e: &Error) -> String {
     let Some(errno) = e.errno() else {
         return format!("ValueError: {e}");
     };
-    let kind = match rustix::io::Errno::from_raw_os_error(errno) {
-        rustix::io::Errno::NOENT => "FileNotFoundError",
-        rustix::io::Errno::EXIST => "FileExistsError",
-        rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => "PermissionError",
-        _ => "OSError",
-    };
-    let text = std::io::Error::from_raw_os_error(errno).to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    let kind = crate::pyexc::exception_name(errno);
+    let text = crate::pyexc::strerror(errno);
     match name {
         Some(name) => format!(
             "{kind}: [Errno {errno}] {text}: {}",
