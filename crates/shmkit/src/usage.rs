@@ -411,7 +411,8 @@ fn holds_cleanup_mark(pid: u32, fd: u32) -> bool {
                 .split(|&b| b == b' ' || b == b'\t')
                 .filter(|f| !f.is_empty());
             // "1: OFDLCK ADVISORY READ -1 00:1b:12 START END"
-            fields.nth(6).and_then(parse_dec::<i64>) == Some(sys::CLEANUP_MARK_START)
+            fields.nth(6).and_then(parse_dec::<i64>)
+                == Some(crate::tracker::mark::CLEANUP_MARK_START)
         })
     })
 }
@@ -460,7 +461,7 @@ fn parse_lock_line(line: &[u8]) -> Option<(FileKey, Lock)> {
     // A leak tracker's "cleanup pending" mark says a watcher is judging the
     // segment, not that anyone uses it: counting it would keep alive the
     // very segments it is there to clean.
-    if parse_dec::<i64>(fields.next()?) == Some(sys::CLEANUP_MARK_START) {
+    if parse_dec::<i64>(fields.next()?) == Some(crate::tracker::mark::CLEANUP_MARK_START) {
         return None;
     }
     let lock = Lock {
@@ -580,7 +581,7 @@ mod tests {
         let shm = crate::SharedMemory::create(64).unwrap();
         let seg = segment(shm.name()).unwrap();
         let marked = sys::shm_open_readonly(shm.name()).unwrap();
-        assert!(sys::set_cleanup_mark(&marked));
+        assert!(crate::tracker::mark::set_cleanup_mark(&marked));
         let me = sys::own_pid();
         let fd = marked.as_raw_fd() as u32;
         assert!(holds_cleanup_mark(me, fd));

@@ -12,11 +12,5 @@ mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
 
-// The "cleanup pending" mark is the tracker's (tracker/mark.rs); these names
-// stay reachable here for `inspect`, which reads the mark.
-#[cfg(test)]
-pub(crate) use crate::tracker::mark::set_cleanup_mark;
-pub(crate) use crate::tracker::mark::CLEANUP_MARK_START;
-
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmkit supports Linux only for now; see sys/mod.rs for where a port goes");
