@@ -193,7 +193,7 @@ pub fn run(json: bool, verbose: bool) -> i32 {
     // Who uses what first, before this process opens anything to read it.
     let procs = Processes::scan(&segments);
     let tracked = inspect::tracked();
-    let names = out::user_names();
+    let names = out::UserNames::new();
     let entries: Vec<Entry> = segments
         .iter()
         .map(|s| entry(s, &procs, &tracked, &names))
@@ -220,7 +220,7 @@ fn entry(
     s: &SegmentInfo,
     procs: &Processes,
     tracked: &HashMap<String, Vec<i32>>,
-    names: &HashMap<u32, String>,
+    names: &out::UserNames,
 ) -> Entry {
     let users = procs.users(s);
     let created = s
@@ -232,7 +232,7 @@ fn entry(
         size: s.size,
         mode: format!("{:04o}", s.mode),
         uid: s.uid,
-        owner: names.get(&s.uid).cloned(),
+        owner: names.get(s.uid),
         gid: s.gid,
         created,
         age_seconds: s.age().as_secs_f64(),

@@ -220,21 +220,21 @@ pub fn command_of(pid: u32) -> Option<Vec<u8>> {
     Some(comm)
 }
 
-/// User names by uid, from `/etc/passwd`. Users known only to another name
-/// service (LDAP, …) are shown by number; that is all `ls` needs, and it
-/// spares a dependency on libc's `getpwuid_r`.
-pub fn user_names() -> HashMap<u32, String> {
-    let Ok(text) = std::fs::read_to_string("/etc/passwd") else {
-        return HashMap::new();
-    };
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let uid = fields.nth(1)?.parse().ok()?;
-            Some((uid, name.to_owned()))
-        })
-        .collect()
+/// User names by uid, as the C library's name services (NSS: files, LDAP,
+/// systemd, …) give them, each uid asked once.
+pub struct UserNames(uzers::UsersCache);
+
+impl UserNames {
+    pub fn new() -> UserNames {
+        UserNames(uzers::UsersCache::new())
+    }
+
+    /// The name of user `uid`, if it has one; any bytes that are not UTF-8
+    /// replaced by U+FFFD.
+    pub fn get(&self, uid: u32) -> Option<String> {
+        uzers::Users::get_user_by_uid(&self.0, uid)
+            .map(|user| user.name().to_string_lossy().into_owned())
+    }
 }
 
 /// The live processes among the shmkit trackers of segment `name`: while
