@@ -100,7 +100,7 @@ const MANAGER_PROGRAM: &str = "shmkit-manager";
 /// Whether `pid` runs `shmkit serve` (the `shmkit` program, or `python -m
 /// shmkit`, followed by `serve`), from its command line.
 fn is_shmkit_serve(pid: u32) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+    let Some(cmdline) = out::proc_file(pid, "cmdline") else {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();

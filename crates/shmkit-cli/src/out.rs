@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
@@ -209,11 +209,26 @@ pub fn human_age(age: Duration) -> String {
     }
 }
 
+/// File `file` of process `pid`'s `/proc` directory, as bytes, if the
+/// process is there and the file can be read. procfs finds the process;
+/// its parsers are not used, as they make the text UTF-8 (or fail on it),
+/// and a process's own bytes are what tell two names apart.
+pub fn proc_file(pid: u32, file: &str) -> Option<Vec<u8>> {
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let mut bytes = Vec::new();
+    process
+        .open_relative(file)
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
 /// The command name of a process (`/proc/PID/comm`), if it can be read,
 /// without the newline the kernel ends it with. Any process may give itself
 /// any name, so it is text from outside: its bytes, not made UTF-8 here.
 pub fn command_of(pid: u32) -> Option<Vec<u8>> {
-    let mut comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let mut comm = proc_file(pid, "comm")?;
     if comm.last() == Some(&b'\n') {
         comm.pop();
     }
