@@ -24,16 +24,20 @@
 //! call fails or SIGINT/SIGTERM/SIGHUP arrives (the loops stop at the next
 //! iteration and clean up). Only SIGKILL can leave a segment behind.
 
-use std::ffi::{c_int, CStr};
+use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use rustix::fs::{self, AtFlags, FallocateFlags, Mode, OFlags, CWD};
 use rustix::io::{self, Errno};
 use rustix::mm::{self, MapFlags, ProtFlags};
 use rustix::rand::{self, GetRandomFlags};
 use rustix::time::{clock_gettime, ClockId};
+use serde::Serialize;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 const WORKLOADS: &[(&str, &str)] = &[
     (
@@ -71,27 +75,14 @@ const WORKLOADS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Set by the signal handler; every loop checks it once per iteration.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-extern "C" {
-    // From the C library std links anyway; rustix has no stable sigaction.
-    fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
-}
-
-fn install_signal_handlers() {
-    const SIGHUP: c_int = 1;
-    const SIGINT: c_int = 2;
-    const SIGTERM: c_int = 15;
+/// A flag that SIGHUP, SIGINT and SIGTERM set; every loop checks it once per
+/// iteration.
+fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGHUP, SIGINT, SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { signal(sig, on_signal) };
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
+    Ok(stop)
 }
 
 #[derive(Debug)]
@@ -331,8 +322,79 @@ impl Drop for OwnedSegment {
     }
 }
 
+/// Runs the bare system calls of each workload N times per batch, K batches,
+/// after W untimed iterations; prints one JSON line per workload with the
+/// median over batches of the mean ns/op.
+#[derive(Parser)]
+#[command(
+    name = "shm-floor",
+    override_usage = "shm-floor [--iters N] [--batches K] [--warmup W] [--size BYTES]\n\
+        \x20                [--workload NAME[,NAME...]] [--attach-name NAME]\n\
+        \x20                [--clock wall|cpu] [--list]",
+    // The last of a repeated flag wins.
+    args_override_self = true
+)]
+struct Args {
+    /// Timed iterations per batch.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 2000)]
+    iters: u64,
+    /// Timed batches.
+    #[arg(long, short = 'k', value_name = "K", default_value_t = 15)]
+    batches: usize,
+    /// Untimed iterations first [default: N/10, within 50..=1000].
+    #[arg(long, value_name = "W")]
+    warmup: Option<u64>,
+    /// Segment size.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    size: usize,
+    /// Workloads to run, comma-separated, or `all`.
+    #[arg(
+        long,
+        short = 'w',
+        value_name = "NAME[,NAME...]",
+        value_parser = parse_workloads,
+        default_value = "create,create_ftruncate,name,attach,attach_touch"
+    )]
+    workload: Workloads,
+    /// Attach to this existing segment instead of making one.
+    #[arg(long, value_name = "NAME")]
+    attach_name: Option<String>,
+    /// The wall clock (monotonic), or this process's CPU time.
+    #[arg(long, value_enum, default_value_t = Clock::Wall)]
+    clock: Clock,
+    /// Print the workload names and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Clock {
+    Wall,
+    Cpu,
+}
+
+#[derive(Clone)]
+struct Workloads(Vec<&'static str>);
+
+fn parse_workloads(v: &str) -> std::result::Result<Workloads, String> {
+    if v == "all" {
+        return Ok(Workloads(WORKLOADS.iter().map(|(n, _)| *n).collect()));
+    }
+    v.split(',')
+        .map(|w| {
+            WORKLOADS
+                .iter()
+                .map(|(n, _)| *n)
+                .find(|n| *n == w.trim())
+                .ok_or_else(|| format!("unknown workload {w:?} (see --list)"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Workloads)
+}
+
 struct Config {
-    clock: ClockId,
+    clock: Clock,
     iters: u64,
     batches: usize,
     warmup: u64,
@@ -341,133 +403,59 @@ struct Config {
     attach_name: Option<String>,
 }
 
-fn usage() -> String {
-    let mut s = String::from(
-        "usage: shm-floor [--iters N] [--batches K] [--warmup W] [--size BYTES]\n\
-         \x20                [--workload NAME[,NAME...]] [--attach-name NAME]\n\
-         \x20                [--clock wall|cpu] [--list]\n\
-         \n\
-         Runs the bare system calls of each workload N times per batch, K batches,\n\
-         after W untimed iterations; prints one JSON line per workload with the\n\
-         median over batches of the mean ns/op. --attach-name attaches to an\n\
-         existing segment instead of making one. --clock cpu times with this\n\
-         process's CPU time instead of the wall clock. Workloads:\n",
-    );
+/// The arguments, with the workloads described under `--help`; None when
+/// `--list` printed them.
+fn parse_args() -> Option<Config> {
+    let mut workloads = String::from("Workloads:\n");
     for (name, what) in WORKLOADS {
-        s.push_str(&format!("  {name:<17} {what}\n"));
+        workloads.push_str(&format!("  {name:<17} {what}\n"));
     }
-    s
-}
-
-fn parse_args() -> Result<Option<Config>> {
-    let mut cfg = Config {
-        clock: ClockId::Monotonic,
-        iters: 2000,
-        batches: 15,
-        warmup: u64::MAX,
-        size: 4096,
-        workloads: vec![
-            "create",
-            "create_ftruncate",
-            "name",
-            "attach",
-            "attach_touch",
-        ],
-        attach_name: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| Failure::Usage(format!("{key} needs a value\n\n{}", usage())))
-        };
-        let number = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| Failure::Usage(format!("{key}: not a number: {v:?}")))
-        };
-        match key.as_str() {
-            "-h" | "--help" => {
-                print!("{}", usage());
-                return Ok(None);
-            }
-            "--list" => {
-                for (name, _) in WORKLOADS {
-                    println!("{name}");
-                }
-                return Ok(None);
-            }
-            "--iters" | "-n" => cfg.iters = number(value()?)?.max(1),
-            "--batches" | "-k" => cfg.batches = number(value()?)?.max(1) as usize,
-            "--warmup" => cfg.warmup = number(value()?)?,
-            "--size" => cfg.size = number(value()?)?.max(1) as usize,
-            "--attach-name" => cfg.attach_name = Some(value()?),
-            "--clock" => {
-                cfg.clock = match value()?.as_str() {
-                    "wall" => ClockId::Monotonic,
-                    "cpu" => ClockId::ProcessCPUTime,
-                    other => {
-                        return Err(Failure::Usage(format!(
-                            "--clock: wall or cpu, not {other:?}"
-                        )))
-                    }
-                }
-            }
-            "--workload" | "-w" => {
-                let v = value()?;
-                cfg.workloads = if v == "all" {
-                    WORKLOADS.iter().map(|(n, _)| *n).collect()
-                } else {
-                    v.split(',')
-                        .map(|w| {
-                            WORKLOADS
-                                .iter()
-                                .map(|(n, _)| *n)
-                                .find(|n| *n == w.trim())
-                                .ok_or_else(|| {
-                                    Failure::Usage(format!("unknown workload {w:?}\n\n{}", usage()))
-                                })
-                        })
-                        .collect::<Result<_>>()?
-                };
-            }
-            _ => {
-                return Err(Failure::Usage(format!(
-                    "unknown argument {arg:?}\n\n{}",
-                    usage()
-                )))
-            }
+    let matches = Args::command().after_help(workloads).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if args.list {
+        for (name, _) in WORKLOADS {
+            println!("{name}");
         }
+        return None;
     }
-    if cfg.warmup == u64::MAX {
-        cfg.warmup = (cfg.iters / 10).clamp(50, 1000);
-    }
-    Ok(Some(cfg))
+    let iters = args.iters.max(1);
+    Some(Config {
+        clock: args.clock,
+        iters,
+        batches: args.batches.max(1),
+        warmup: args.warmup.unwrap_or((iters / 10).clamp(50, 1000)),
+        size: args.size.max(1),
+        workloads: args.workload.0,
+        attach_name: args.attach_name,
+    })
 }
 
 /// Runs `op` W times untimed, then K timed batches of N; returns the mean
 /// ns/op of each batch.
-fn measure(cfg: &Config, mut op: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+fn measure(
+    cfg: &Config,
+    stop: &AtomicBool,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
     for _ in 0..cfg.warmup {
-        if STOP.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
             return Err(Failure::Stopped);
         }
         op()?;
     }
+    let clock = match cfg.clock {
+        Clock::Wall => ClockId::Monotonic,
+        Clock::Cpu => ClockId::ProcessCPUTime,
+    };
     let now = || {
-        let t = clock_gettime(cfg.clock);
+        let t = clock_gettime(clock);
         t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
     };
     let mut batches = Vec::with_capacity(cfg.batches);
     for _ in 0..cfg.batches {
         let start = now();
         for _ in 0..cfg.iters {
-            if STOP.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 return Err(Failure::Stopped);
             }
             op()?;
@@ -486,31 +474,51 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-fn report(cfg: &Config, name: &str, batches: &[f64], extra: &str) {
-    let mut sorted = batches.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let list: Vec<String> = batches.iter().map(|b| format!("{b:.1}")).collect();
-    println!(
-        "{{\"name\":\"{name}\",\"clock\":\"{}\",\"iterations\":{},\"batches\":{},\
-         \"warmup\":{},\"size\":{},\"median_ns\":{:.1},\"min_ns\":{:.1},\"max_ns\":{:.1},\
-         \"batch_ns\":[{}]{extra}}}",
-        if cfg.clock == ClockId::Monotonic {
-            "wall"
-        } else {
-            "cpu"
-        },
-        cfg.iters,
-        cfg.batches,
-        cfg.warmup,
-        cfg.size,
-        median(&sorted),
-        sorted[0],
-        sorted[sorted.len() - 1],
-        list.join(","),
-    );
+/// One workload's line of output.
+#[derive(Serialize)]
+struct Record<'a> {
+    name: &'a str,
+    clock: Clock,
+    iterations: u64,
+    batches: usize,
+    warmup: u64,
+    size: usize,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+    batch_ns: Vec<f64>,
+    /// Whether each operation includes making a random name.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    includes_name: bool,
 }
 
-fn run(cfg: &Config) -> Result<()> {
+/// `ns` to a tenth of a nanosecond, finer than any clock here resolves.
+fn tenth(ns: f64) -> f64 {
+    (ns * 10.0).round() / 10.0
+}
+
+fn report(cfg: &Config, name: &str, batches: &[f64], includes_name: bool) {
+    let mut sorted = batches.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let record = Record {
+        name,
+        clock: cfg.clock,
+        iterations: cfg.iters,
+        batches: cfg.batches,
+        warmup: cfg.warmup,
+        size: cfg.size,
+        median_ns: tenth(median(&sorted)),
+        min_ns: tenth(sorted[0]),
+        max_ns: tenth(sorted[sorted.len() - 1]),
+        batch_ns: batches.iter().copied().map(tenth).collect(),
+        includes_name,
+    };
+    // Names and numbers only (a NaN would be written as null): no error.
+    let line = serde_json::to_string(&record).expect("a record serializes");
+    println!("{line}");
+}
+
+fn run(cfg: &Config, stop: &AtomicBool) -> Result<()> {
     let needs_segment = cfg.workloads.iter().any(|w| w.starts_with("attach"));
     // Either the caller's segment, or one of ours that Drop unlinks.
     let (path, _owned) = match (&cfg.attach_name, needs_segment) {
@@ -523,20 +531,12 @@ fn run(cfg: &Config) -> Result<()> {
     };
     for &w in &cfg.workloads {
         let size = cfg.size;
-        let (batches, extra) = match w {
-            "create" => (
-                measure(cfg, || create_once(size, Resize::Fallocate))?,
-                ",\"includes_name\":true",
-            ),
-            "create_ftruncate" => (
-                measure(cfg, || create_once(size, Resize::FtruncateFstat))?,
-                ",\"includes_name\":true",
-            ),
-            "create_cpython" => (
-                measure(cfg, || create_once(size, Resize::Cpython))?,
-                ",\"includes_name\":true",
-            ),
-            "name" => (measure(cfg, name_once)?, ""),
+        let create = |resize| measure(cfg, stop, || create_once(size, resize));
+        let (batches, includes_name) = match w {
+            "create" => (create(Resize::Fallocate)?, true),
+            "create_ftruncate" => (create(Resize::FtruncateFstat)?, true),
+            "create_cpython" => (create(Resize::Cpython)?, true),
+            "name" => (measure(cfg, stop, name_once)?, false),
             attach => {
                 let how = match attach {
                     "attach" => Attach::Plain,
@@ -545,25 +545,26 @@ fn run(cfg: &Config) -> Result<()> {
                     other => unreachable!("workload {other} was validated"),
                 };
                 let path = path.as_ref().expect("attach workloads have a segment");
-                (measure(cfg, || attach_once(path, how))?, "")
+                (measure(cfg, stop, || attach_once(path, how))?, false)
             }
         };
-        report(cfg, w, &batches, extra);
+        report(cfg, w, &batches, includes_name);
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    install_signal_handlers();
-    let cfg = match parse_args() {
-        Ok(Some(cfg)) => cfg,
-        Ok(None) => return ExitCode::SUCCESS,
+    let stop = match stop_on_signals() {
+        Ok(stop) => stop,
         Err(e) => {
-            eprintln!("shm-floor: {e}");
-            return ExitCode::from(2);
+            eprintln!("shm-floor: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match run(&cfg) {
+    let Some(cfg) = parse_args() else {
+        return ExitCode::SUCCESS;
+    };
+    match run(&cfg, &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Stopped) => {
             eprintln!("shm-floor: stopped; segments cleaned up");
