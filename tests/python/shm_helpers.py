@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 
 DEV_SHM = "/dev/shm"
 
@@ -51,6 +52,18 @@ def shm_path(name):
 
 def segment_exists(name):
     return os.path.lexists(shm_path(name))
+
+
+def wait_gone(names, timeout):
+    """Polls, for at most ``timeout`` seconds, until no segment of ``names``
+    (a name, or several) is in /dev/shm; whether they are all gone."""
+    names = [names] if isinstance(names, str) else list(names)
+    deadline = time.monotonic() + timeout
+    while any(segment_exists(n) for n in names):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def remove_segment(name):

@@ -27,15 +27,6 @@ def managers():
     return shmkit.managers
 
 
-def wait_gone(names, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(h.segment_exists(n) for n in names):
-            return True
-        time.sleep(0.01)
-    return not any(h.segment_exists(n) for n in names)
-
-
 def test_exported(managers):
     import shmkit
 
@@ -328,7 +319,7 @@ def test_parent_sigkill_unlinks_everything_within_2s(managers):
         assert len(names) == 2 and all(h.segment_exists(n) for n in names)
         child.kill()
         child.wait()
-        assert wait_gone(names, 2.0), names
+        assert h.wait_gone(names, 2.0), names
         deadline = time.monotonic() + 2
         while os.path.exists(address) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -433,7 +424,7 @@ def test_parent_sigkill_right_after_a_burst_leaks_nothing(managers, tmp_path):
     assert proc.returncode == -signal.SIGKILL, h.describe(proc)
     names = out.read_text().split()
     assert len(names) == 300
-    assert wait_gone(names, 2.0), [n for n in names if h.segment_exists(n)][:5]
+    assert h.wait_gone(names, 2.0), [n for n in names if h.segment_exists(n)][:5]
 
 
 def test_names_with_a_newline_are_tracked_exactly(managers, segments):
@@ -557,14 +548,14 @@ def test_parent_sigkill_spares_a_segment_a_live_process_maps(managers):
         user, used, unused = child.stdout.readline().split()
         child.kill()
         child.wait()
-        assert wait_gone([unused], 2.0), unused
+        assert h.wait_gone([unused], 2.0), unused
         time.sleep(0.3)
         assert h.segment_exists(used), "a segment a live process maps was unlinked"
         assert h.segment_bytes(used)[:2] == b"ok"
         # Its user's death leaves it to the user's own tracker: gone too.
         os.kill(int(user), signal.SIGKILL)
         user = None
-        assert wait_gone([used], 2.0), used
+        assert h.wait_gone([used], 2.0), used
     finally:
         child.kill()
         child.communicate()

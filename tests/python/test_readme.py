@@ -25,7 +25,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -135,13 +134,6 @@ def stdlib_child_attaches(name, code):
     return proc
 
 
-def wait_gone(name, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while h.segment_exists(name) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not h.segment_exists(name)
-
-
 def test_stdlib_attacher_unlinks_at_exit(shmkit_mod, segments):
     """The problem the caveat is about: a plain stdlib attach (3.9-3.13
     alike) leaves the segment to the attacher's tracker, which unlinks it
@@ -154,7 +146,7 @@ def test_stdlib_attacher_unlinks_at_exit(shmkit_mod, segments):
     )
     proc = stdlib_child_attaches(shm.name, code)
     assert proc.stdout.strip() == "multiprocessing.shared_memory"
-    assert wait_gone(shm.name), "the stdlib attacher's tracker left the segment alone"
+    assert h.wait_gone(shm.name, 10.0), "the stdlib attacher's tracker left the segment alone"
     with pytest.raises(FileNotFoundError):
         shm.unlink()
 
@@ -177,5 +169,5 @@ def test_readme_attach_keeps_the_segment(shmkit_mod, segments, path):
     assert "leaked shared_memory" not in proc.stderr, proc.stderr
     # Its tracker has had the time it takes to unlink a segment (the test
     # above waits for that) and has not.
-    assert not wait_gone(shm.name, timeout=2.0), "attach() did not keep the tracker out"
+    assert not h.wait_gone(shm.name, 2.0), "attach() did not keep the tracker out"
     shm.unlink()  # the creator's unlink works

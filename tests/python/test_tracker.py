@@ -70,15 +70,6 @@ def finish(p, kill=False):
     return out, err
 
 
-def gone_within(name, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not h.segment_exists(name):
-            return True
-        time.sleep(0.01)
-    return not h.segment_exists(name)
-
-
 @pytest.fixture
 def tracked_name(segments):
     return segments.name("trk")
@@ -89,7 +80,7 @@ def test_sigkilled_creator_is_unlinked_within_2s_with_cpythons_warning(tracked_n
     p.kill()
     killed = time.monotonic()
     p.wait()
-    assert gone_within(tracked_name, 2.0)
+    assert h.wait_gone(tracked_name, 2.0)
     assert time.monotonic() - killed < 2.0
     _, err = p.communicate(timeout=30)
     assert WARNING in err
@@ -104,7 +95,7 @@ def test_creator_exiting_without_unlink_is_cleaned_up(tracked_name, how):
     )
     r = h.run_python(code, args=(tracked_name,))
     assert (r.returncode != 0) == (how == "exception"), h.describe(r)
-    assert gone_within(tracked_name, 2.0)
+    assert h.wait_gone(tracked_name, 2.0)
     assert WARNING in r.stderr
 
 
@@ -115,7 +106,7 @@ def test_segment_survives_its_killed_creator_while_a_reader_lives(tracked_name):
     assert h.segment_exists(tracked_name), "unlinked under a live reader (gh-82300)"
     assert "still open in another process" in err
     _, err = finish(reader, kill=True)
-    assert gone_within(tracked_name, 2.0)
+    assert h.wait_gone(tracked_name, 2.0)
     assert WARNING in err
 
 
@@ -131,7 +122,7 @@ def test_untracked_segments_are_never_unlinked_and_never_warned_about(mode, trac
 def test_shareable_lists_are_tracked_like_segments(tracked_name):
     p = start("list", tracked_name)
     _, err = finish(p, kill=True)
-    assert gone_within(tracked_name, 2.0)
+    assert h.wait_gone(tracked_name, 2.0)
     assert WARNING in err
 
 
@@ -256,7 +247,7 @@ def test_multiprocessing_children(method, tracked_name, tmp_path):
         time.sleep(0.5)
         assert h.segment_exists(tracked_name), "unlinked under a live reader"
         os.kill(rpid, signal.SIGKILL)
-        assert gone_within(tracked_name, 2.0)
+        assert h.wait_gone(tracked_name, 2.0)
     finally:
         p.kill()
         _, err = p.communicate(timeout=30)

@@ -158,9 +158,8 @@ def test_a_segment_whose_every_user_died_is_still_unlinked_within_2s(version):
         p.kill()
         killed = time.monotonic()
         p.wait()
-        while h.segment_exists(name) and time.monotonic() - killed < 2.0:
-            time.sleep(0.01)
-        assert not h.segment_exists(name), "left behind once every user was gone"
+        left = 2.0 - (time.monotonic() - killed)
+        assert h.wait_gone(name, left), "left behind once every user was gone"
         _, err = p.communicate(timeout=30)
         assert "leaked shared_memory objects" in err, err
     finally:
