@@ -546,35 +546,37 @@ impl SharedMapping {
         unsafe { AtomicU64::from_ptr(self.at(at, 8, 8).cast()) }
     }
 
-    fn u8_at(&self, at: usize) -> &AtomicU8 {
-        // SAFETY: as in `u32_at`.
-        unsafe { AtomicU8::from_ptr(self.at(at, 1, 1)) }
+    /// The `len` bytes at `at`, as atomics: the range is checked once, not
+    /// per byte.
+    fn bytes_at(&self, at: usize, len: usize) -> &[AtomicU8] {
+        // SAFETY: inside the mapping (checked); `AtomicU8` has the size and
+        // alignment of `u8`; the mapping lives as long as `self`, and every
+        // access to it is atomic.
+        unsafe { std::slice::from_raw_parts(self.at(at, len, 1).cast::<AtomicU8>(), len) }
     }
 
     /// Copies `out.len()` bytes from `at` with relaxed atomic loads.
     pub(crate) fn read_bytes(&self, at: usize, out: &mut [u8]) {
-        self.at(at, out.len(), 1);
-        for (k, b) in out.iter_mut().enumerate() {
-            *b = self.u8_at(at + k).load(Ordering::Relaxed);
+        let cells = self.bytes_at(at, out.len());
+        for (b, cell) in out.iter_mut().zip(cells) {
+            *b = cell.load(Ordering::Relaxed);
         }
     }
 
     /// Whether the `bytes.len()` bytes at `at` are `bytes`, loaded with
     /// relaxed atomics up to the first difference.
     pub(crate) fn bytes_eq(&self, at: usize, bytes: &[u8]) -> bool {
-        self.at(at, bytes.len(), 1);
-        bytes
+        self.bytes_at(at, bytes.len())
             .iter()
-            .enumerate()
-            .all(|(k, &b)| self.u8_at(at + k).load(Ordering::Relaxed) == b)
+            .zip(bytes)
+            .all(|(cell, &b)| cell.load(Ordering::Relaxed) == b)
     }
 
     /// Copies `bytes` to `at` with relaxed atomic stores (publish them with
     /// a release store after).
     pub(crate) fn write_bytes(&self, at: usize, bytes: &[u8]) {
-        self.at(at, bytes.len(), 1);
-        for (k, &b) in bytes.iter().enumerate() {
-            self.u8_at(at + k).store(b, Ordering::Relaxed);
+        for (cell, &b) in self.bytes_at(at, bytes.len()).iter().zip(bytes) {
+            cell.store(b, Ordering::Relaxed);
         }
     }
 
