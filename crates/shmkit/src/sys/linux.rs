@@ -693,6 +693,27 @@ pub(crate) fn prefer_realtime() {
     }
 }
 
+/// Takes `cpu` out of this process's CPU affinity, if it is in it and
+/// another CPU is too; best effort.
+pub(crate) fn avoid_cpu(cpu: usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return;
+    }
+    // SAFETY: the cpu_set_t lives on this stack, and `cpu` is within it
+    // (checked); the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0
+            || !libc::CPU_ISSET(cpu, &set)
+            || libc::CPU_COUNT(&set) < 2
+        {
+            return;
+        }
+        libc::CPU_CLR(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// `fcntl(F_SETLEASE)` with a write lease (`true`) or none: whether it
 /// succeeded. An open of the file by another process waits while we hold a
 /// write lease.

@@ -373,7 +373,9 @@ fn run(
     if let Some(own) = own {
         // The tracking thread's death wakes us as its exit begins
         // (`Table::arm_death_wake`), before its files are released and well
-        // before its parent's `wait()` returns.
+        // before its parent's `wait()` returns. Once the marks are set, we
+        // move off the dying process's CPU, where the sentinel's wake-up
+        // would otherwise land, behind the rest of its exit.
         let mut marks = Marks::new();
         signal_ready(&table);
         if wait_owner_death(&table, pipe) {
@@ -396,6 +398,9 @@ fn run(
                     marks.clear();
                 }
             }
+            // Buys: the sentinel's later wake-up is not queued on the CPU
+            // where the dying process is still tearing itself down.
+            avoid_cpu_of(owner);
             // The process must be gone within 2 s, fork children included,
             // or the marks are dropped and the wait below goes on without.
             if !marks.is_empty() {
@@ -631,6 +636,20 @@ fn pipe_closed(pipe: BorrowedFd<'_>) -> bool {
         tv_nsec: 0,
     };
     matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+}
+
+/// Pins this process to every CPU but the one process `pid` last ran on,
+/// when there is another; best effort.
+fn avoid_cpu_of(pid: i32) {
+    let Some(cpu) = last_cpu(pid) else {
+        return;
+    };
+    crate::sys::avoid_cpu(cpu);
+}
+
+/// Field 39 of `/proc/PID/stat`: the CPU the process last ran on.
+fn last_cpu(pid: i32) -> Option<usize> {
+    usize::try_from(stat_field(pid, 39)?).ok()
 }
 
 /// The kernel's `PF_EXITING` task flag (include/linux/sched.h), set as a
