@@ -125,6 +125,16 @@ pub enum Error {
         /// The alignment the type needs.
         align: usize,
     },
+    /// The segment is not the kind of shmkit object that was asked for.
+    #[error("shared memory segment {name:?} holds a {found}, not a {expected}")]
+    WrongKind {
+        /// The segment's name.
+        name: String,
+        /// The kind that was asked for.
+        expected: &'static str,
+        /// What the segment holds (`"no shmkit object"` for anything else).
+        found: &'static str,
+    },
     /// Flags that cannot be combined.
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),

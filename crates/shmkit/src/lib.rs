@@ -34,6 +34,7 @@ pub mod list;
 #[cfg(feature = "manager")]
 pub mod manager;
 pub mod name;
+pub mod object;
 pub mod pyexc;
 #[cfg(feature = "list")]
 pub mod pyrepr;
