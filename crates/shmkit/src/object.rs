@@ -160,6 +160,18 @@ pub fn peek(region: &Region) -> Option<(Kind, u32)> {
     Some((kind, version))
 }
 
+/// The kind and version in a copy of a segment's first bytes (as the
+/// `shmkit` command reads them, without mapping), or `None`.
+pub fn parse(header: &[u8]) -> Option<(Kind, u32)> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(header.get(at..at + 4)?.try_into().ok()?))
+    };
+    if header.len() < HEADER_SIZE || header[..8] != MAGIC.to_le_bytes() {
+        return None;
+    }
+    Some((Kind::from_code(word(KIND_AT)?)?, word(VERSION_AT)?))
+}
+
 /// The version of the `expected` object in `region` (of the segment
 /// `name`), waiting briefly for a creator that has not published yet.
 ///
@@ -209,6 +221,11 @@ mod tests {
         assert!(err.to_string().contains("no shmkit object"), "{err}");
         publish(shm.region(), Kind::Queue, 3).unwrap();
         assert_eq!(read(shm.region(), shm.name(), Kind::Queue).unwrap(), 3);
+        assert_eq!(
+            parse(&shm.read_vec(0, HEADER_SIZE).unwrap()),
+            Some((Kind::Queue, 3))
+        );
+        assert_eq!(parse(&shm.read_vec(0, 8).unwrap()), None);
         let err = read(shm.region(), shm.name(), Kind::Lock).unwrap_err();
         assert!(err.to_string().contains("holds a queue"), "{err}");
         shm.unlink().unwrap();
