@@ -222,6 +222,16 @@ impl Node {
     }
 }
 
+/// Takes `cost` bytes from what both passes may still allocate, or refuses
+/// the pickle (at `offset`) as too large.
+fn pay(budget: &mut usize, cost: usize, offset: usize) -> Result<(), PickleError> {
+    *budget = budget.checked_sub(cost).ok_or(PickleError {
+        offset,
+        problem: PickleProblem::TooLarge,
+    })?;
+    Ok(())
+}
+
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
@@ -245,13 +255,7 @@ impl<'a> Reader<'a> {
 
     /// Pays `cost` bytes from the budget, or refuses the pickle.
     fn spend(&mut self, cost: usize) -> Result<(), PickleError> {
-        match self.budget.checked_sub(cost) {
-            Some(left) => {
-                self.budget = left;
-                Ok(())
-            }
-            None => self.fail(PickleProblem::TooLarge),
-        }
+        pay(&mut self.budget, cost, self.pos)
     }
 
     /// Pays for `extra` more items of `each` bytes in a vector of capacity
@@ -634,13 +638,7 @@ impl Expander<'_> {
     }
 
     fn spend(&mut self, cost: usize) -> Result<(), PickleError> {
-        match self.budget.checked_sub(cost) {
-            Some(left) => {
-                self.budget = left;
-                Ok(())
-            }
-            None => self.fail(PickleProblem::TooLarge),
-        }
+        pay(&mut self.budget, cost, self.offset)
     }
 
     fn expand(&mut self, id: NodeId, depth: usize) -> Result<PyValue, PickleError> {
