@@ -61,7 +61,10 @@ mod tests {
         std::fs::remove_dir(format!("{SHM_DIR}/{dir}")).unwrap();
         let all = all.unwrap();
         assert!(all.iter().any(|s| s.name == shm.name()));
-        assert!(!all.iter().any(|s| s.name == dir), "a directory is no segment");
+        assert!(
+            !all.iter().any(|s| s.name == dir),
+            "a directory is no segment"
+        );
         assert!(all.windows(2).all(|w| w[0].name < w[1].name));
         shm.unlink().unwrap();
     }

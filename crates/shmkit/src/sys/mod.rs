@@ -11,6 +11,12 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+pub(crate) mod after_fork;
+#[cfg(target_os = "linux")]
+pub(crate) mod proc_nalloc;
+#[cfg(target_os = "linux")]
+pub(crate) mod stack_text;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmkit supports Linux only for now; see sys/mod.rs for where a port goes");

@@ -34,7 +34,6 @@
 
 pub(crate) mod mark;
 mod registered;
-#[allow(unsafe_code)]
 mod watcher;
 
 pub(crate) use mark::{cleanup_pending, wait_cleanup_done};
@@ -295,6 +294,15 @@ impl<'m> Table<'m> {
     fn slot_word(&self, i: usize, at: usize) -> &'m AtomicU64 {
         debug_assert!(at == INO_AT || at == SINCE_AT);
         self.0.u64_at(Self::slot(i) + at)
+    }
+
+    /// Whether slot `i` is the first `VALID` slot holding its name: the one
+    /// a name registered twice is judged by.
+    fn first_of_name(&self, i: usize) -> bool {
+        let name = self.name(i);
+        self.used_slots()
+            .take_while(|&j| j < i)
+            .all(|j| self.state(j).load(Ordering::Acquire) != VALID || !self.name_is(j, &name))
     }
 
     /// The inode of the segment registered in slot `i` (0: unknown).
