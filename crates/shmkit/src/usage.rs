@@ -53,8 +53,8 @@
 //! assert_eq!(seg.size, 64);
 //! let procs = usage::Processes::scan([&seg]);
 //! // This process maps it and holds a descriptor on it.
-//! assert!(procs.users(seg).pids().contains(&std::process::id()));
-//! assert_eq!(procs.usage(seg), usage::Usage::InUse);
+//! assert!(procs.users(&seg).pids().contains(&std::process::id()));
+//! assert_eq!(procs.usage(&seg), usage::Usage::InUse);
 //! shm.unlink()?;
 //! # Ok::<(), shmkit::Error>(())
 //! ```
