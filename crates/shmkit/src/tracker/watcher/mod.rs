@@ -1,7 +1,10 @@
-//! The watcher process: forked from the library, it lives on raw system
-//! calls only (rustix's `linux_raw` backend through `crate::sys`: no
-//! allocation, no locks), because the process it was forked from may have
-//! had other threads holding any lock at that moment.
+//! The watcher process: forked from the library, it lives on plain system
+//! calls only, made through `crate::sys` (rustix's raw calls, and libc's
+//! async-signal-safe wrappers for `fork`, `_exit`, the signal mask,
+//! scheduling, leases and OFD locks), with no allocation and no locks,
+//! because the
+//! process it was forked from may have had other threads holding any lock
+//! (the allocator's among them) at that moment.
 //!
 //! This file starts it and runs it: the sentinel, the fork, the
 //! start-up handshake, and the loop from waiting to cleaning up. Waiting for
@@ -19,7 +22,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustix::io::Errno;
-use rustix::process::Pid;
 
 use super::mark::Marks;
 use super::Table;
@@ -46,17 +48,17 @@ fn sentinel() -> Option<Sentinel> {
 /// which this process must keep open for as long as it lives.
 /// `table_fd` is the table's memfd, kept open in the watcher so that
 /// `shmkit ls` can read what it tracks.
-pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Errno> {
+pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(i32, OwnedFd), Errno> {
     let (read, write) = after_fork::pipe()?;
     let parent = sys::own_pid();
     let sentinel = sentinel();
     let sentinel_fd = sentinel.as_ref().map_or(-1, |s| s.fd.as_raw_fd());
     let sentinel_addr = sentinel.as_ref().map_or(0, |s| s.addr);
     table.ready().store(0, Ordering::Relaxed);
-    // The child calls only async-signal-safe functions (`sys::after_fork`
-    // and the watcher calls of `sys`: raw system calls, no allocator, no
-    // lock another thread may have held at the fork) and ends with
-    // `_exit`; see `run`. It never returns, so `read` outlives its borrow.
+    // The child calls only async-signal-safe functions (plain system calls
+    // through `sys`, no allocator, no lock another thread may have held at
+    // the fork) and ends with `_exit`; see `run`. It never returns, so
+    // `read` outlives its borrow.
     let child = || -> std::convert::Infallible {
         run(
             read.as_fd(),
@@ -73,7 +75,7 @@ pub(super) fn launch(table: Table, table_fd: RawFd) -> Result<(Pid, OwnedFd), Er
             // Only the mapping keeps the sentinel (and its lock) now.
             drop(sentinel);
             wait_ready(&table);
-            Ok((pid, write))
+            Ok((pid.as_raw_nonzero().get(), write))
         }
     }
 }
