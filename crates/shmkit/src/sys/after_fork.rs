@@ -348,3 +348,58 @@ pub(crate) fn unlink_if_same(name: &[u8], fd: BorrowedFd<'_>) -> bool {
         && (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
         && fs::unlinkat(CWD, path.c_str(), fs::AtFlags::empty()).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_cannot_be_segments_are_refused() {
+        for bad in [&b""[..], b"a/b", b"a\0b", &[b'x'; 256]] {
+            assert!(open_shm_bytes(bad).is_none());
+        }
+    }
+
+    #[test]
+    fn unlink_if_same_spares_a_file_made_since() {
+        // Untracked: these files are unlinked behind the handles' backs.
+        let untracked = crate::SharedMemory::options().track(false);
+        let first = untracked.create(64).unwrap();
+        let name = first.name().as_bytes().to_vec();
+        let fd = open_shm_bytes(&name).unwrap();
+        first.unlink().unwrap();
+        // Another file under the same name: not the one `fd` has open.
+        let second = untracked.create_named(first.name(), 64).unwrap();
+        assert!(!unlink_if_same(&name, fd.as_fd()));
+        let fd = open_shm_bytes(&name).unwrap();
+        assert!(unlink_if_same(&name, fd.as_fd()));
+        assert!(!unlink_if_same(&name, fd.as_fd()), "unlinked already");
+        drop(second);
+    }
+
+    #[test]
+    fn a_pipe_reads_as_readable_once_its_writer_is_gone() {
+        let (read, write) = pipe().unwrap();
+        assert!(!readable_now(read.as_fd()));
+        assert_eq!(
+            readable_within(read.as_fd(), Duration::from_millis(1)),
+            Ok(false)
+        );
+        drop(write);
+        assert!(readable_now(read.as_fd()));
+        read_until_eof(read.as_fd());
+    }
+
+    #[test]
+    fn a_reopened_file_locks_on_its_own() {
+        let (fd, addr) = locked_low_page(c"shmkit-test-page").unwrap();
+        assert!(addr != 0 && addr % PAGE == 0);
+        let other = reopen(fd.as_raw_fd()).unwrap();
+        // `fd` holds LOCK_EX: another open file of the memfd is refused.
+        assert!(!try_lock_shared(&other));
+        unlock(&fd);
+        assert!(try_lock_shared(&other));
+        unmap_page(addr);
+        assert!(reopen(-1).is_none());
+    }
+}

@@ -197,3 +197,76 @@ pub(crate) fn each_shm_fd(pid: i32, mut f: impl FnMut(u64, FileKey) -> bool) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn numbers_parse_as_proc_prints_them() {
+        assert_eq!(parse_hex(b"1b"), Some(0x1b));
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"1g"), None);
+        assert_eq!(parse_dec(b"2295756"), Some(2_295_756));
+        assert_eq!(parse_dec(b""), None);
+        assert_eq!(parse_dec(b"-1"), None);
+        assert_eq!(parse_dec(b"99999999999999999999"), None, "overflow");
+    }
+
+    #[test]
+    fn lines_are_read_whole_and_the_walk_stops_on_request() {
+        let mut seen = 0;
+        let mut pid_line = false;
+        assert!(each_line(c"/proc/self/status", |line| {
+            seen += 1;
+            pid_line = line.starts_with(b"Pid:");
+            !pid_line
+        }));
+        assert!(pid_line, "stopped at the Pid: line");
+        assert!(seen > 1);
+        assert_eq!(
+            each_line_at(c"/proc/self/no such file", |_| true),
+            Err(Errno::NOENT)
+        );
+    }
+
+    #[test]
+    fn stat_fields_of_this_process() {
+        let me = std::process::id() as i32;
+        // Field 4 is the parent's pid.
+        assert_eq!(
+            stat_field(me, 4),
+            Some(u64::from(std::os::unix::process::parent_id()))
+        );
+        assert_eq!(stat_field(me, 2), None, "fields before the name's end");
+        assert!(!zombie_or_gone(me));
+        assert!(!zombie_or_gone(-1));
+    }
+
+    #[test]
+    fn each_shm_fd_finds_a_segment_descriptor_by_its_file() {
+        let shm = crate::SharedMemory::create(64).unwrap();
+        let st = crate::sys::fd_stat(&shm).unwrap();
+        let me = std::process::id() as i32;
+        let mut found = None;
+        each_shm_fd(me, |fd, key| {
+            if key == st.key {
+                found = Some(fd);
+            }
+            found.is_none()
+        })
+        .unwrap();
+        assert_eq!(found, Some(shm.as_raw_fd() as u64));
+        let mut pids = 0;
+        let mut mine = false;
+        each_pid(|pid| {
+            pids += 1;
+            mine |= pid == me;
+            true
+        })
+        .unwrap();
+        assert!(mine && pids >= 1);
+        shm.unlink().unwrap();
+    }
+}

@@ -56,3 +56,33 @@ impl Line {
         super::after_fork::write_stderr(&self.buf[..self.len]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_bytes_build_a_c_string() {
+        let mut line = Line::new();
+        line.push(b"/proc/")
+            .num(0)
+            .push(b"/")
+            .num(4_194_304)
+            .push(b"\0");
+        assert_eq!(line.c_str(), c"/proc/0/4194304");
+        let mut max = Line::new();
+        max.num(usize::MAX).push(b"\0");
+        assert_eq!(max.c_str().to_bytes(), usize::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn what_does_not_fit_is_cut_and_no_c_string() {
+        let mut line = Line::new();
+        line.push(&[b'a'; 1000]).push(&[b'b'; 100]).push(b"\0");
+        assert_eq!(line.len, 1024);
+        assert_eq!(line.c_str(), c"/", "no terminator fits");
+        let mut inner = Line::new();
+        inner.push(b"a\0b\0");
+        assert_eq!(inner.c_str(), c"/", "a NUL inside");
+    }
+}
