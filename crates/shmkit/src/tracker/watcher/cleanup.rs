@@ -1,9 +1,9 @@
-//! The watcher's last work, once its process and every file it had are
-//! gone: unlink each tracked segment nobody uses (`super::probe`), retry
-//! those only co-dying processes still hold, drop the marks, and report as
-//! CPython's resource tracker does, on stderr in single writes. Bounded:
-//! one pass, then five retries over about 300 ms.
-
+//! The watcher's last work, once its process is gone: unlink each tracked
+//! segment nobody uses (`super::probe`), drop the marks so that waiting
+//! attachers see the outcome, report as CPython's resource tracker does
+//! (on stderr, one write a line), and retry for about 300 ms the segments
+//! that only co-dying processes still hold. Bounded, so a watcher never
+//! outlives its process by long.
 use std::sync::atomic::Ordering;
 
 use crate::sys::after_fork;
