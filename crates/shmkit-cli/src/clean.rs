@@ -1,6 +1,6 @@
 //! `shmkit rm` and `shmkit gc`: unlinking, never under a live user.
 
-use shmkit::usage::{self, Processes, Usage, Users};
+use shmkit::usage::{Processes, Usage, Users};
 
 use crate::inspect::{self, Removal};
 use crate::out::{self, Out, Quoted};
@@ -91,7 +91,7 @@ pub fn gc(names: &[String], prefixes: &[String], dry_run: bool, verbose: bool) -
         }
     }
     let prefixes: Vec<&str> = prefixes.iter().map(|p| p.trim_start_matches('/')).collect();
-    let all = match usage::segments() {
+    let all = match inspect::segments() {
         Ok(s) => s,
         Err(e) => return out::fail(&e.to_string()),
     };

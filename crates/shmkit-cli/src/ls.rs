@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
-use shmkit::usage::{self, Processes, SegmentInfo, Usage, Users};
+use shmkit::usage::{Processes, SegmentInfo, Usage, Users};
 
 use crate::inspect::{self, Contents};
 
@@ -186,7 +186,7 @@ fn users_of(users: &Users) -> Vec<User> {
 }
 
 pub fn run(json: bool, verbose: bool) -> i32 {
-    let segments = match usage::segments() {
+    let segments = match inspect::segments() {
         Ok(s) => s,
         Err(e) => return out::fail(&e.to_string()),
     };

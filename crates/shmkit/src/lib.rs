@@ -23,8 +23,9 @@
 //! Memory that another process may write is never handed out as a safe
 //! `&[u8]`: see [`Region`] for the ways in.
 #![deny(unsafe_op_in_unsafe_fn)]
-// Only the OS layer (`sys`), the mapped memory (`region`) and the tracker's
-// watcher (which runs after `fork`) may hold `unsafe`.
+// Only the OS layer (`sys`) and the mapped memory (`region`) may hold
+// `unsafe`; the tracker's watcher, which runs after `fork`, makes its raw
+// calls through `sys`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

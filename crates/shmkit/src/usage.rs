@@ -1,7 +1,7 @@
 //! Who uses a segment: which processes map it, hold it open or lock it,
 //! judged from `/proc` without disturbing anyone. The manager's clean-up
 //! relies on it to spare what is still in use, and `shmkit ls`, `gc` and
-//! `rm` (which list, decode and remove segments on top of it) show it.
+//! `rm` (which list every segment, decode and remove on top of it) show it.
 //!
 //! # Looking without touching
 //!
@@ -49,13 +49,12 @@
 //! use shmkit::{usage, SharedMemory};
 //!
 //! let shm = SharedMemory::create(64)?;
-//! let all = usage::segments()?;
-//! let seg = all.iter().find(|s| s.name == shm.name()).unwrap();
+//! let seg = usage::segment(shm.name())?;
 //! assert_eq!(seg.size, 64);
-//! let procs = usage::Processes::scan(&all);
+//! let procs = usage::Processes::scan([&seg]);
 //! // This process maps it and holds a descriptor on it.
-//! assert!(procs.users(seg).pids().contains(&std::process::id()));
-//! assert_eq!(procs.usage(seg), usage::Usage::InUse);
+//! assert!(procs.users(&seg).pids().contains(&std::process::id()));
+//! assert_eq!(procs.usage(&seg), usage::Usage::InUse);
 //! shm.unlink()?;
 //! # Ok::<(), shmkit::Error>(())
 //! ```
@@ -133,33 +132,6 @@ fn not_a_segment(name: &str) -> Error {
             "not a shared memory segment (not a regular file)",
         ),
     }
-}
-
-/// Every segment in `/dev/shm`, sorted by name.
-///
-/// Only regular files count (not directories, FIFOs or symbolic links), and
-/// only names that are UTF-8, as every name a segment API can open is.
-pub fn segments() -> Result<Vec<SegmentInfo>> {
-    let entries = sys::shm_entries().map_err(|source| Error::Io {
-        op: "list",
-        name: sys::SHM_DIR.to_owned(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let Some(name) = entry.to_str() else { continue };
-        if name::validate(name).is_err() {
-            continue;
-        }
-        // Gone since the listing: not an error.
-        if let Ok(st) = sys::shm_stat(name) {
-            if st.regular {
-                out.push(SegmentInfo::from_stat(name.to_owned(), &st));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
 }
 
 /// The segment `name` (with or without its leading slash).

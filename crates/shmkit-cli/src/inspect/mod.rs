@@ -3,16 +3,18 @@
 //! are made of.
 //!
 //! Who uses a segment is the core's to judge ([`shmkit::usage`], which the
-//! manager's clean-up shares); this module lists, decodes and removes on
-//! top of it, through the same read-only descriptors: nothing here maps a
+//! manager's clean-up shares); this module lists every segment
+//! ([`segments`]), decodes and removes on top of it, through the same read-only descriptors: nothing here maps a
 //! segment, keeps a lock or registers with a leak tracker.
 
 use std::collections::HashMap;
 
 mod contents;
+mod listing;
 mod removal;
 
 pub use contents::{contents, read, read_list, Contents, ListCopy, ListItem, MAX_LIST_METADATA};
+pub use listing::segments;
 pub use removal::{remove, remove_in_use, Removal};
 
 /// The leak trackers' view: which shmkit processes track each segment name

@@ -2,10 +2,16 @@
 //! its decision on a segment whose tracked users all died (see
 //! `shared_memory::found_size`). Built on generic `sys` primitives: an
 //! open-file-description lock on one byte, and a mode bit as a hint.
+//! The watcher's side ([`Marks`], setting and dropping them) runs after
+//! `fork` and so allocates nothing; the attacher's side (waiting a mark
+//! out) is ordinary code.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 
-use crate::sys::{self, FileKey};
+use crate::sys::{self, after_fork, FileKey};
+
+use super::{Table, VALID};
 
 /// The byte a watcher locks (an open-file-description `fcntl` lock, a
 /// family the kernel keeps apart from `flock`) on a segment it is about to
@@ -64,4 +70,90 @@ fn cleanup_mark_held(key: FileKey) -> bool {
         let line = String::from_utf8_lossy(line);
         !line.contains("->") && line.contains(&file) && line.contains(&start)
     })
+}
+
+/// Open files of tracked segments on which this watcher holds the "cleanup
+/// pending" mark ([`set_cleanup_mark`]), on the stack: the watcher does
+/// not allocate. Closing a file drops its mark; `_exit` closes any left.
+pub(super) struct Marks {
+    /// The marked open files, the first `len` of them.
+    fds: [Option<OwnedFd>; MAX_MARKS],
+    /// The table slot each mark is for.
+    slots: [usize; MAX_MARKS],
+    /// Whether we set the mode hint on each (and must clear it again).
+    hinted: [bool; MAX_MARKS],
+    len: usize,
+}
+
+/// Segments past this many are cleaned up unmarked: an attach may then win
+/// the race and keep one alive. It also bounds the descriptors the watcher
+/// opens.
+const MAX_MARKS: usize = 256;
+
+impl Marks {
+    /// No marks.
+    pub(super) fn new() -> Self {
+        Marks {
+            fds: [const { None }; MAX_MARKS],
+            slots: [usize::MAX; MAX_MARKS],
+            hinted: [false; MAX_MARKS],
+            len: 0,
+        }
+    }
+
+    /// Whether no mark is set.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Marks (and hints, where this process may) each segment registered
+    /// in `table` that still has the registered file under its name, up to
+    /// [`MAX_MARKS`] of them.
+    pub(super) fn set_all(&mut self, table: &Table) {
+        for i in table.used_slots() {
+            if self.len == MAX_MARKS {
+                return;
+            }
+            if table.state(i).load(Ordering::Acquire) != VALID || !table.first_of_name(i) {
+                continue;
+            }
+            let Some(fd) = after_fork::open_shm_bytes(&table.name(i)) else {
+                continue;
+            };
+            // Not a file someone else made since under the name.
+            let ino = table.ino(i);
+            if ino != 0 && sys::fstat(&fd).map_or(true, |st| st.st_ino != ino) {
+                continue;
+            }
+            if set_cleanup_mark(&fd) {
+                // Mark first, hint second: an attacher that sees the hint
+                // always finds the mark.
+                self.hinted[self.len] = set_cleanup_hint(&fd, true);
+                self.fds[self.len] = Some(fd);
+                self.slots[self.len] = i;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The marked descriptor of slot `i`'s segment, if it has one: the
+    /// probe uses it rather than open another (the lease it asks for fails
+    /// while this process has two open files of the segment).
+    pub(super) fn fd_of(&self, i: usize) -> Option<BorrowedFd<'_>> {
+        let k = self.slots[..self.len].iter().position(|&s| s == i)?;
+        self.fds[k].as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Drops every mark, and the hints of segments still linked.
+    pub(super) fn clear(&mut self) {
+        for (fd, &hinted) in self.fds[..self.len].iter_mut().zip(&self.hinted) {
+            if let Some(fd) = fd.take() {
+                if hinted {
+                    set_cleanup_hint(&fd, false);
+                }
+                // Dropped here: closing the file drops its mark.
+            }
+        }
+        self.len = 0;
+    }
 }

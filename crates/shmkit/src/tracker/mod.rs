@@ -34,7 +34,6 @@
 
 pub(crate) mod mark;
 mod registered;
-#[allow(unsafe_code)]
 mod watcher;
 
 pub(crate) use mark::{cleanup_pending, wait_cleanup_done};
@@ -45,9 +44,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::io::Errno;
-use rustix::process::Pid;
 
-use crate::sys::SharedMapping;
+use crate::sys::{self, tracking, SharedMapping};
 
 /// Slots in the shared table: one per tracked name alive in this process
 /// tree. Pages are touched only where names land, so the 4 MiB reservation
@@ -140,14 +138,12 @@ impl Table<'static> {
     /// find it through `/proc/PID/fd` of the process and its watcher, which
     /// both keep the descriptor.
     fn new() -> Result<(Table<'static>, OwnedFd), Errno> {
-        use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
-        let fd = memfd_create(TABLE_MEMFD, MemfdFlags::CLOEXEC)?;
-        ftruncate(&fd, TABLE_SIZE as u64)?;
+        let fd = tracking::memfd(TABLE_MEMFD, TABLE_SIZE as u64)?;
         let table = Table(map_table(&fd, true)?.leak());
-        table.owner().store(
-            rustix::process::getpid().as_raw_nonzero().get(),
-            Ordering::Relaxed,
-        );
+        // A pid is positive and at most `pid_max` (2^22), so it fits.
+        table
+            .owner()
+            .store(sys::own_pid() as i32, Ordering::Relaxed);
         table.arm_death_wake();
         Ok((table, fd))
     }
@@ -173,13 +169,14 @@ impl Table<'static> {
         if !locked {
             return;
         }
-        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-        let main = tid as i32 == rustix::process::getpid().as_raw_nonzero().get();
+        let tid = tracking::own_tid();
+        let main = tid == sys::own_pid();
         self.word(MAIN_LOCKER_AT)
             .store(main.into(), Ordering::Relaxed);
         let words = std::mem::size_of::<libc::pthread_mutex_t>() / 4;
         if let Some(k) = (0..words).find(|&k| {
-            self.word(ROBUST_AT + 4 * k).load(Ordering::Relaxed) & libc::FUTEX_TID_MASK == tid
+            self.word(ROBUST_AT + 4 * k).load(Ordering::Relaxed) & sys::after_fork::FUTEX_TID_MASK
+                == tid
         }) {
             self.robust_word_at()
                 .store((ROBUST_AT + 4 * k) as i32, Ordering::Release);
@@ -295,6 +292,15 @@ impl<'m> Table<'m> {
     fn slot_word(&self, i: usize, at: usize) -> &'m AtomicU64 {
         debug_assert!(at == INO_AT || at == SINCE_AT);
         self.0.u64_at(Self::slot(i) + at)
+    }
+
+    /// Whether slot `i` is the first `VALID` slot holding its name: the one
+    /// a name registered twice is judged by.
+    fn first_of_name(&self, i: usize) -> bool {
+        let name = self.name(i);
+        self.used_slots()
+            .take_while(|&j| j < i)
+            .all(|j| self.state(j).load(Ordering::Acquire) != VALID || !self.name_is(j, &name))
     }
 
     /// The inode of the segment registered in slot `i` (0: unknown).
@@ -454,7 +460,7 @@ fn tracker() -> Option<&'static Tracker> {
             Some(Tracker {
                 table,
                 table_fd,
-                watcher: AtomicI32::new(pid.as_raw_nonzero().get()),
+                watcher: AtomicI32::new(pid),
                 pipe: Mutex::new(Some(pipe)),
                 last_check: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
@@ -479,18 +485,7 @@ impl Tracker {
     /// Whether the watcher still runs. One syscall for the process that
     /// forked it (`waitid` without reaping), two for its fork children.
     fn watcher_alive(&self) -> bool {
-        use rustix::process::{test_kill_process, waitid, WaitId, WaitIdOptions};
-        let Some(pid) = Pid::from_raw(self.watcher.load(Ordering::Relaxed)) else {
-            return false;
-        };
-        let opts = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-        match waitid(WaitId::Pid(pid), opts) {
-            Ok(Some(_)) => false,
-            Ok(None) => true,
-            // Not our child (we are a fork child of its parent), or reaped
-            // by someone else: ask whether the pid still exists.
-            Err(_) => !matches!(test_kill_process(pid), Err(Errno::SRCH)),
-        }
+        tracking::child_running(self.watcher.load(Ordering::Relaxed))
     }
 
     /// Starts a new watcher for the same table, so names registered so far
@@ -502,18 +497,15 @@ impl Tracker {
         if self.watcher_alive() {
             return; // another thread relaunched it
         }
-        if let Some(old) = Pid::from_raw(self.watcher.load(Ordering::Relaxed)) {
-            // Reap it if it is our zombie; harmless otherwise.
-            let _ = rustix::process::waitpid(Some(old), rustix::process::WaitOptions::NOHANG);
-        }
+        // Reap it if it is our zombie; harmless otherwise.
+        tracking::reap_if_exited(self.watcher.load(Ordering::Relaxed));
         eprintln!(
             "UserWarning: resource_tracker: process died unexpectedly, relaunching.  \
              Some resources might leak."
         );
         match watcher::launch(self.table, self.table_fd.as_raw_fd()) {
             Ok((pid, fd)) => {
-                self.watcher
-                    .store(pid.as_raw_nonzero().get(), Ordering::Relaxed);
+                self.watcher.store(pid, Ordering::Relaxed);
                 *pipe = Some(fd);
             }
             Err(_) => self.watcher.store(0, Ordering::Relaxed),
@@ -559,11 +551,7 @@ pub(crate) fn intend(bare: &str) -> Option<Intent> {
     }
     // The coarse clock is the one tmpfs stamps a new file's birth with, so
     // a file this create makes is never stamped earlier than this.
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    let since = u64::try_from(now.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64);
+    let since = tracking::coarse_now_ns();
     let slot = t.table.insert_intent(bare.as_bytes(), since)?;
     Some(Intent { slot })
 }

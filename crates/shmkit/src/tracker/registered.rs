@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 
-use rustix::fs::{self, Mode, OFlags};
+use crate::sys;
 
 use super::{map_table, Table, TABLE_MEMFD, TABLE_SIZE, VALID};
 
@@ -63,8 +63,8 @@ pub fn registered() -> Vec<Registration> {
 }
 
 fn read_table(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> Option<Registration> {
-    let fd: OwnedFd = fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let st = fs::fstat(&fd).ok()?;
+    let fd: OwnedFd = sys::tracking::open_readonly(path).ok()?;
+    let st = sys::fstat(&fd).ok()?;
     if !seen.insert((st.st_dev, st.st_ino)) || st.st_size != TABLE_SIZE as i64 {
         return None;
     }
