@@ -1,0 +1,83 @@
+//! Arrays seen from another process: a child opens by name what its parent
+//! made, reads and writes it, and the last holder frees it.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use common::fresh_name;
+use shmkit::array::{Array, DType, Order};
+use shmkit::Options;
+
+/// Runs the ignored test `role` in a child process with `env`.
+fn run_child(role: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        role,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spawn child")
+}
+
+#[test]
+#[ignore = "child role for a_child_works_on_its_parents_array"]
+fn child_array_sum() {
+    let name = std::env::var("SHMKIT_NAME").unwrap();
+    let a = Array::open(&name).unwrap();
+    assert_eq!(a.dtype(), DType::parse("<i8").unwrap());
+    assert_eq!((a.shape(), a.strides()), (&[3, 4][..], vec![8, 24]));
+    let mut all = vec![0i64; a.len()];
+    a.read_into(&mut all).unwrap();
+    let sum: i64 = all.iter().sum();
+    a.set(&[2, 3], sum).unwrap();
+    a.atomic_i64(&[0, 0])
+        .unwrap()
+        .fetch_add(100, Ordering::SeqCst);
+    // The parent holds it: not freed here.
+    assert!(!a.unlink_if_unused().unwrap());
+}
+
+#[test]
+fn a_child_works_on_its_parents_array() {
+    let (name, _guard) = fresh_name("array");
+    let a = Array::create_with(
+        &Options::new(),
+        Some(&name),
+        DType::parse("<i8").unwrap(),
+        &[3, 4],
+        Order::Fortran,
+        false,
+    )
+    .unwrap();
+    let values: Vec<i64> = (0..12).collect();
+    a.write_from(&values).unwrap();
+    let out = run_child("child_array_sum", &[("SHMKIT_NAME", &name)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Element [2, 3] in Fortran order is the last one.
+    assert_eq!(a.get::<i64>(&[2, 3]).unwrap(), 66);
+    assert_eq!(a.get::<i64>(&[0, 0]).unwrap(), 100);
+    assert!(a.unlink_if_unused().unwrap());
+    assert!(!shmkit::exists(&name));
+}
+
+#[test]
+fn a_segment_that_is_no_array_is_refused() {
+    let (name, _guard) = fresh_name("array");
+    let shm = shmkit::SharedMemory::create_named(&name, 8192).unwrap();
+    let err = Array::open(&name).unwrap_err();
+    assert!(err.to_string().contains("no shmkit object"), "{err}");
+    shmkit::object::publish(shm.region(), shmkit::object::Kind::Array, 1).unwrap();
+    let err = Array::open(&name).unwrap_err();
+    assert!(err.to_string().contains("dtype"), "{err}");
+}
