@@ -184,7 +184,11 @@ fn format_value(dtype: DType, b: &[u8], cut: bool) -> String {
         }
         ScalarKind::Bytes => {
             let end = b.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1);
-            format!("{}{}", pyrepr::bytes_repr(&b[..end]), if cut { "…" } else { "" })
+            format!(
+                "{}{}",
+                pyrepr::bytes_repr(&b[..end]),
+                if cut { "…" } else { "" }
+            )
         }
         ScalarKind::Str => {
             let text: String = b
@@ -230,7 +234,10 @@ mod tests {
         let d = |s: &str| DType::parse(s).unwrap();
         assert_eq!(format_value(d("<i2"), &(-5i16).to_le_bytes(), false), "-5");
         assert_eq!(format_value(d(">u4"), &7u32.to_be_bytes(), false), "7");
-        assert_eq!(format_value(d("<f2"), &0x3c00u16.to_le_bytes(), false), "1.0");
+        assert_eq!(
+            format_value(d("<f2"), &0x3c00u16.to_le_bytes(), false),
+            "1.0"
+        );
         assert_eq!(format_value(d("<f8"), &2.5f64.to_le_bytes(), false), "2.5");
         let mut c = 1f32.to_le_bytes().to_vec();
         c.extend((-2f32).to_le_bytes());

@@ -81,3 +81,61 @@ fn a_segment_that_is_no_array_is_refused() {
     let err = Array::open(&name).unwrap_err();
     assert!(err.to_string().contains("dtype"), "{err}");
 }
+
+// The fuzz target's body, on stable Rust.
+
+#[path = "../../../fuzz/common/array_decode.rs"]
+mod array_decode;
+
+/// Counts allocations per thread, so that the fuzz body can check the
+/// decoder's budget here too.
+#[global_allocator]
+static ALLOC: array_decode::Counting = array_decode::Counting;
+
+mod fuzz_body {
+    use super::array_decode;
+    use proptest::prelude::*;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/array_decode");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_fuzz_seeds_pass() {
+        let seeds = seeds();
+        assert!(seeds.len() >= 4);
+        for data in &seeds {
+            array_decode::run(data);
+        }
+        // The counting allocator is really installed: a vector counts.
+        let (_, peak) = array_decode::peak_during(|| vec![0u8; 8192]);
+        assert!(peak >= 8192);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..800)) {
+            array_decode::run(&data);
+        }
+
+        #[test]
+        fn on_mutated_seeds(
+            which in 0usize..5,
+            edits in proptest::collection::vec((0usize..700, any::<u8>()), 1..6),
+        ) {
+            let seeds = seeds();
+            let mut data = seeds[which % seeds.len()].clone();
+            for (at, b) in edits {
+                let at = at % data.len();
+                data[at] = b;
+            }
+            array_decode::run(&data);
+        }
+    }
+}
