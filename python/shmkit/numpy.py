@@ -109,8 +109,10 @@ def _ensure_exit_hook(_=None) -> None:
     global _exit_registered_pid
     if _exit_registered_pid != os.getpid():
         # multiprocessing runs its finalizers at the exit of the main
-        # process and of every process it starts (which skip atexit).
-        util.Finalize(None, _at_exit, exitpriority=0)
+        # process and of every process it starts (which skip atexit), in
+        # order of priority: this one after its queues' feeder threads have
+        # pickled what was put (they are joined at -5).
+        util.Finalize(None, _at_exit, exitpriority=-10)
         _exit_registered_pid = os.getpid()
 
 
