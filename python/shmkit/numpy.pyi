@@ -42,28 +42,28 @@ def ones(
     readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def full(
-    shape: _Shape, fill_value: Any, dtype: DTypeLike = None, order: str = "C", *,
+    shape: _Shape, fill_value: Any, dtype: DTypeLike | None = None, order: str = "C", *,
     name: str | None = None, readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def empty_like(
-    prototype: ArrayLike, dtype: DTypeLike = None, order: str = "K", shape: _Shape | None = None,
+    prototype: ArrayLike, dtype: DTypeLike | None = None, order: str = "K", shape: _Shape | None = None,
     *, name: str | None = None, readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def zeros_like(
-    prototype: ArrayLike, dtype: DTypeLike = None, order: str = "K", shape: _Shape | None = None,
+    prototype: ArrayLike, dtype: DTypeLike | None = None, order: str = "K", shape: _Shape | None = None,
     *, name: str | None = None, readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def ones_like(
-    prototype: ArrayLike, dtype: DTypeLike = None, order: str = "K", shape: _Shape | None = None,
+    prototype: ArrayLike, dtype: DTypeLike | None = None, order: str = "K", shape: _Shape | None = None,
     *, name: str | None = None, readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def full_like(
-    prototype: ArrayLike, fill_value: Any, dtype: DTypeLike = None, order: str = "K",
+    prototype: ArrayLike, fill_value: Any, dtype: DTypeLike | None = None, order: str = "K",
     shape: _Shape | None = None, *, name: str | None = None, readonly: bool = False,
     track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def array(
-    obj: ArrayLike, dtype: DTypeLike = None, *, order: str = "K", name: str | None = None,
+    obj: ArrayLike, dtype: DTypeLike | None = None, *, order: str = "K", name: str | None = None,
     readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def copy(
@@ -71,7 +71,7 @@ def copy(
     track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def asarray(
-    obj: ArrayLike, dtype: DTypeLike = None, order: str | None = None, *,
+    obj: ArrayLike, dtype: DTypeLike | None = None, order: str | None = None, *,
     readonly: bool = False, track: bool = True,
 ) -> np.ndarray[Any, Any]: ...
 def open(name: str, readonly: bool = False, *, track: bool = True) -> np.ndarray[Any, Any]: ...
