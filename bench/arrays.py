@@ -10,6 +10,9 @@ Rows (wall clock; pools and workers are started before the clock):
                 and returns its sum: **stdlib** submits a private array
                 (pickled through the pipe), **shmkit** a ``shmkit.numpy``
                 array (its name travels);
+* ppe_handoff -- the same hand-over with a worker that only reads the
+                array's length: what passing the array costs, without the
+                sum;
 * per_task   -- the cost of one task whose argument is a shmkit array of
                 1 KiB and of SIZE (the worker only reads its length): the
                 two must be within 1.5x of each other;
@@ -18,6 +21,9 @@ Rows (wall clock; pools and workers are started before the clock):
                 private array (its automatic memmapping moves them), and
                 SharedArray (a named array the workers attach to) if it is
                 installed;
+* fallback   -- ``ForkingPickler.dumps`` of a private 1 KiB array, which
+                shmkit's reducer for ``numpy.ndarray`` hands to numpy's own
+                reduce, against numpy's reduce alone (**numpy**);
 * create_fill -- creating a SIZE float64 array and filling it with ones,
                 shmkit against a private ``np.empty``, both freed after.
                 numpy's request for transparent huge pages is turned off, as
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import time
 
 import _common as common
@@ -75,10 +82,8 @@ def main():
 
     import shmkit.numpy as snp
 
-    try:
-        np.core.multiarray._set_madvise_hugepage(False)
-    except AttributeError:
-        pass
+    core = getattr(np, "_core", None) or np.core
+    core.multiarray._set_madvise_hugepage(False)
     try:
         import joblib
     except ImportError:
@@ -117,6 +122,9 @@ def main():
         def ppe(a):
             assert ex.submit(task_sum, a).result() == want
 
+        def ppe_len(a):
+            assert ex.submit(task_len, a).result() == len(a)
+
         def per_task(a):
             futs = [ex.submit(task_len, a) for _ in range(TASKS)]
             assert all(f.result() == len(a) for f in futs)
@@ -143,10 +151,28 @@ def main():
             a.fill(1.0)
             del a
 
+        from multiprocessing.reduction import ForkingPickler
+
+        tiny = np.ones(128)
+        ours = ForkingPickler._extra_reducers[np.ndarray]
+
+        def dumps_with(reducer):
+            ForkingPickler._extra_reducers[np.ndarray] = reducer
+            try:
+                for _ in range(TASKS * 50):
+                    ForkingPickler.dumps(tiny)
+            finally:
+                ForkingPickler._extra_reducers[np.ndarray] = ours
+
+        def numpys_own(a):
+            return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+
         workloads = {
             "ppe_sum": {"stdlib": lambda: ppe(private), "shmkit": lambda: ppe(shared)},
+            "ppe_handoff": {"stdlib": lambda: ppe_len(private), "shmkit": lambda: ppe_len(shared)},
             "per_task": {"1 KiB": lambda: per_task(small), "shmkit": lambda: per_task(shared)},
             "pool_map": {"shmkit": pool_map},
+            "fallback": {"numpy": lambda: dumps_with(numpys_own), "shmkit": lambda: dumps_with(ours)},
             "create_fill": {"private": create_fill_private, "shmkit": create_fill_shmkit},
         }
         if par is not None:
@@ -160,6 +186,8 @@ def main():
                     ns = common.quiet_gc(timed, impls[k])
                     if w == "per_task":
                         ns //= TASKS
+                    elif w == "fallback":
+                        ns //= TASKS * 50
                     samples[w][k].append(ns)
             common.progress(r, args.rounds, not args.json)
     finally:
@@ -175,6 +203,9 @@ def main():
         {"stdlib": "speedup"},
         [common.Target(17, "speedup", "stdlib", ">=", 50.0, "≥ 50× stdlib")]))
     rows.append(common.make_row(
+        "ppe_handoff", f"ProcessPoolExecutor: hand over a {size} array (worker: len)",
+        samples["ppe_handoff"], {"stdlib": "speedup"}))
+    rows.append(common.make_row(
         "per_task", f"ProcessPoolExecutor task with a {size} (vs 1 KiB) array",
         samples["per_task"], {"1 KiB": "overhead"},
         [common.Target(17, "overhead", "1 KiB", "<=", 1.5, "≤ 1.5× 1 KiB")]))
@@ -184,6 +215,9 @@ def main():
     rows.append(common.make_row(
         "pool_map", f"Pool.map over {SLICES} slices of a {size} array",
         samples["pool_map"], compare, targets))
+    rows.append(common.make_row(
+        "fallback", "ForkingPickler.dumps of a private 1 KiB array", samples["fallback"],
+        {"numpy": "overhead"}))
     rows.append(common.make_row(
         "create_fill", f"create and fill a {size} float64 array", samples["create_fill"],
         {"private": "overhead"},

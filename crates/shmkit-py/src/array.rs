@@ -24,8 +24,9 @@ const RELEASE_GIL_ABOVE: usize = 1 << 20;
 /// One handle of an array segment in this process, shared by its
 /// writable and read-only exporters.
 struct Held {
-    /// The mapping every exported buffer points into.
-    array: Array,
+    /// The mapping every exported buffer points into; `None` only while
+    /// being dropped.
+    array: Option<Array>,
     /// After a fork, this process's own handle: the inherited one's open
     /// file is the parent's, so its lock speaks for the parent.
     own: Mutex<Option<Array>>,
@@ -35,10 +36,14 @@ struct Held {
 }
 
 impl Held {
+    fn array(&self) -> &Array {
+        self.array.as_ref().expect("an array is held until dropped")
+    }
+
     /// The handle whose lock is this process's.
     fn with_own<R>(&self, f: impl FnOnce(&Array) -> R) -> R {
         let own = self.own.lock().unwrap_or_else(|e| e.into_inner());
-        f(own.as_ref().unwrap_or(&self.array))
+        f(own.as_ref().unwrap_or(self.array()))
     }
 }
 
@@ -47,6 +52,41 @@ impl Drop for Held {
         if self.auto.load(Ordering::Acquire) {
             let _ = self.with_own(Array::unlink_if_unused);
         }
+        let own = self.own.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(array) = self.array.take() {
+            release(array, own);
+        }
+    }
+}
+
+/// From this many bytes of data on, a handle is unmapped and closed by a
+/// background thread: the kernel frees a segment's pages at its last
+/// unmap, which for a large array takes long enough to stall the Python
+/// thread that dropped it.
+const RELEASE_IN_BACKGROUND_FROM: usize = 1 << 20;
+
+/// Unmaps and closes `array` (and `own`): here for a small array, else on a
+/// thread of this process's own. The segment was unlinked already, or is
+/// someone else's to unlink.
+fn release(array: Array, own: Option<Array>) {
+    type Handles = (Array, Option<Array>);
+    static REAPER: Mutex<Option<(u32, std::sync::mpsc::Sender<Handles>)>> = Mutex::new(None);
+    if array.descriptor().data_len < RELEASE_IN_BACKGROUND_FROM {
+        return;
+    }
+    let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    // A fork child has the parent's sender but not its thread.
+    if reaper.as_ref().is_none_or(|(p, _)| *p != pid) {
+        let (tx, rx) = std::sync::mpsc::channel::<Handles>();
+        let started = std::thread::Builder::new()
+            .name("shmkit-array-release".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        *reaper = started.is_ok().then_some((pid, tx));
+    }
+    if let Some((_, tx)) = reaper.as_ref() {
+        // On failure the handles come back in the error and drop here.
+        let _ = tx.send((array, own));
     }
 }
 
@@ -121,25 +161,25 @@ impl ArraySegment {
     /// The segment's name, without a slash.
     #[getter]
     fn name(&self) -> &str {
-        self.held.array.name()
+        self.held.array().name()
     }
 
     /// numpy's `dtype.str` of the elements.
     #[getter]
     fn dtype(&self) -> String {
-        self.held.array.dtype().to_string()
+        self.held.array().dtype().to_string()
     }
 
     /// The shape.
     #[getter]
     fn shape(&self) -> Vec<usize> {
-        self.held.array.shape().to_vec()
+        self.held.array().shape().to_vec()
     }
 
     /// Whether the elements are in Fortran order.
     #[getter]
     fn fortran(&self) -> bool {
-        self.held.array.descriptor().order == Order::Fortran
+        self.held.array().descriptor().order == Order::Fortran
     }
 
     /// Whether this exporter's buffers are read-only.
@@ -151,26 +191,26 @@ impl ArraySegment {
     /// Whether the segment itself is marked read-only.
     #[getter]
     fn marked_readonly(&self) -> bool {
-        self.held.array.readonly()
+        self.held.array().readonly()
     }
 
     /// The data's length in bytes.
     #[getter]
     fn nbytes(&self) -> usize {
-        self.held.array.descriptor().data_len
+        self.held.array().descriptor().data_len
     }
 
     /// The address of the first data byte.
     #[getter]
     fn address(&self) -> usize {
-        self.held.array.data_ptr() as usize
+        self.held.array().data_ptr() as usize
     }
 
     /// The segment's inode number, which tells it from a later segment of
     /// the same name.
     #[getter]
     fn ino(&self) -> PyResult<u64> {
-        rustix::fs::fstat(self.held.array.shared_memory())
+        rustix::fs::fstat(self.held.array().shared_memory())
             .map(|st| st.st_ino)
             .map_err(|e| PyErr::from(std::io::Error::from(e)))
     }
@@ -189,25 +229,25 @@ impl ArraySegment {
     /// Transfers on their way and not yet given up on.
     #[getter]
     fn in_flight(&self) -> u32 {
-        self.held.array.in_flight()
+        self.held.array().in_flight()
     }
 
     /// Records a transfer to another process, given up on after `seconds`.
     fn begin_transfer(&self, seconds: f64) {
         self.held
-            .array
+            .array()
             .begin_transfer(Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0)));
     }
 
     /// Records that a transfer arrived.
     fn end_transfer(&self) {
-        self.held.array.end_transfer();
+        self.held.array().end_transfer();
     }
 
     /// In a fork child: takes a handle of this process's own, so that its
     /// lock, not the parent's, says this process holds the segment.
     fn after_fork(&self) {
-        let array = &self.held.array;
+        let array = self.held.array();
         let ino = self.ino().ok();
         let own = Array::open_with(&options(array.shared_memory().is_tracked()), array.name())
             .ok()
@@ -238,7 +278,7 @@ impl ArraySegment {
     fn unlink(&self) -> PyResult<()> {
         self.held.auto.store(false, Ordering::Release);
         self.held
-            .array
+            .array()
             .shared_memory()
             .unlink()
             .map_err(|e| to_pyerr(e, self.name()))
@@ -253,7 +293,7 @@ impl ArraySegment {
         if this.readonly && flags & ffi::PyBUF_WRITABLE != 0 {
             return Err(PyBufferError::new_err("the shared array is read-only"));
         }
-        let array = &this.held.array;
+        let array = this.held.array();
         // SAFETY: `view` is the Py_buffer CPython handed us; the data range
         // lies inside the mapping (the descriptor was checked against the
         // segment's size), which stays mapped while `slf`, which the view
@@ -279,7 +319,7 @@ impl ArraySegment {
     fn wrap(array: Array, readonly: bool) -> Self {
         ArraySegment {
             held: Arc::new(Held {
-                array,
+                array: Some(array),
                 own: Mutex::new(None),
                 auto: AtomicBool::new(true),
             }),

@@ -47,6 +47,10 @@ use crate::object::{self, Kind};
 use crate::{Error, Options, SharedMemory};
 use descriptor::{IN_FLIGHT_AT, UNTIL_AT};
 
+/// From this many bytes of data on, a new array's pages are mapped in one
+/// system call when it is created.
+const POPULATE_FROM: usize = 1 << 20;
+
 /// An array in a segment, created or opened by name.
 ///
 /// Dropping it unmaps it and leaves the segment alone; see
@@ -87,6 +91,12 @@ impl Array {
             Some(name) => opts.create_named(name, desc.segment_size())?,
             None => opts.create(desc.segment_size())?,
         };
+        // The pages are reserved already (unless `reserve` was turned off):
+        // mapping them all at once costs less than the page faults of a
+        // first fill, which nearly every new array gets.
+        if opts.reserves() && desc.data_len >= POPULATE_FROM {
+            crate::sys::populate_write(shm.as_ptr().wrapping_add(desc.data_offset), desc.data_len);
+        }
         shm.write_at(object::HEADER_SIZE, &desc.encode())?;
         object::publish(shm.region(), Kind::Array, VERSION)?;
         if shm.is_tracked() {
