@@ -7,6 +7,7 @@
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,34 @@ impl Drop for Held {
     }
 }
 
+type Handles = (Array, Option<Array>);
+
+/// The release thread's queue, and the process it belongs to.
+static REAPER: Mutex<Option<(u32, Sender<Handles>)>> = Mutex::new(None);
+
+/// The release thread: drops what it is sent, and ends once idle for a
+/// moment, so that a process that forks later has no thread to warn about.
+fn reap(rx: &Receiver<Handles>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(handles) => drop(handles),
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                // Senders send under this lock: nothing can arrive between
+                // the last look and the queue's removal.
+                let mut reaper = REAPER.lock().unwrap_or_else(|e| e.into_inner());
+                if let Ok(handles) = rx.try_recv() {
+                    drop(reaper);
+                    drop(handles);
+                    continue;
+                }
+                *reaper = None;
+                return;
+            }
+        }
+    }
+}
+
 /// From this many bytes of data on, a handle is unmapped and closed by a
 /// background thread: the kernel frees a segment's pages at its last
 /// unmap, which for a large array takes long enough to stall the Python
@@ -69,8 +98,6 @@ const RELEASE_IN_BACKGROUND_FROM: usize = 1 << 20;
 /// thread of this process's own. The segment was unlinked already, or is
 /// someone else's to unlink.
 fn release(array: Array, own: Option<Array>) {
-    type Handles = (Array, Option<Array>);
-    static REAPER: Mutex<Option<(u32, std::sync::mpsc::Sender<Handles>)>> = Mutex::new(None);
     if array.descriptor().data_len < RELEASE_IN_BACKGROUND_FROM {
         return;
     }
@@ -81,7 +108,7 @@ fn release(array: Array, own: Option<Array>) {
         let (tx, rx) = std::sync::mpsc::channel::<Handles>();
         let started = std::thread::Builder::new()
             .name("shmkit-array-release".into())
-            .spawn(move || rx.into_iter().for_each(drop));
+            .spawn(move || reap(&rx));
         *reaper = started.is_ok().then_some((pid, tx));
     }
     if let Some((_, tx)) = reaper.as_ref() {
