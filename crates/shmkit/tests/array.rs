@@ -72,6 +72,43 @@ fn a_child_works_on_its_parents_array() {
 }
 
 #[test]
+#[ignore = "child role for the_tracker_cleans_up_arrays_silently"]
+fn child_leave_tracked() {
+    let name = std::env::var("SHMKIT_NAME").unwrap();
+    let opts = Options::new().track(true);
+    if std::env::var("SHMKIT_PLAIN").is_ok() {
+        std::mem::forget(opts.create_named(&name, 4096).unwrap());
+    } else {
+        let dtype = DType::parse("<f8").unwrap();
+        let a = Array::create_with(&opts, Some(&name), dtype, &[16], Order::C, false).unwrap();
+        std::mem::forget(a);
+    }
+    std::process::exit(0);
+}
+
+/// A tracked array left behind is unlinked when its process exits, without
+/// the leak warning that a plain segment left behind gets.
+#[test]
+fn the_tracker_cleans_up_arrays_silently() {
+    for plain in [false, true] {
+        let (name, _guard) = fresh_name("array");
+        let mut env = vec![("SHMKIT_NAME", name.as_str())];
+        if plain {
+            env.push(("SHMKIT_PLAIN", "1"));
+        }
+        let out = run_child("child_leave_tracked", &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!shmkit::exists(&name));
+        assert_eq!(stderr.contains("leaked shared_memory"), plain, "{stderr}");
+    }
+}
+
+#[test]
 fn a_segment_that_is_no_array_is_refused() {
     let (name, _guard) = fresh_name("array");
     let shm = shmkit::SharedMemory::create_named(&name, 8192).unwrap();
