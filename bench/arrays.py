@@ -44,6 +44,7 @@ SIZE_MIB = 1024
 QUICK_SIZE_MIB = 32
 SLICES = 64
 TASKS = 40
+SETTLE = 0.5
 
 
 def task_len(a):
@@ -168,8 +169,8 @@ def main():
             return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
 
         workloads = {
-            "ppe_sum": {"stdlib": lambda: ppe(private), "shmkit": lambda: ppe(shared)},
             "ppe_handoff": {"stdlib": lambda: ppe_len(private), "shmkit": lambda: ppe_len(shared)},
+            "ppe_sum": {"stdlib": lambda: ppe(private), "shmkit": lambda: ppe(shared)},
             "per_task": {"1 KiB": lambda: per_task(small), "shmkit": lambda: per_task(shared)},
             "pool_map": {"shmkit": pool_map},
             "fallback": {"numpy": lambda: dumps_with(numpys_own), "shmkit": lambda: dumps_with(ours)},
@@ -183,6 +184,10 @@ def main():
         for r in range(args.rounds):
             for w, impls in workloads.items():
                 for k in common.rotated(list(impls), r):
+                    # Untimed: the previous batch's large arrays are unmapped
+                    # in the background (shmkit's) or by the kernel (a
+                    # worker's pickled copy); each batch starts after that.
+                    time.sleep(SETTLE)
                     ns = common.quiet_gc(timed, impls[k])
                     if w == "per_task":
                         ns //= TASKS
