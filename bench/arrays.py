@@ -43,8 +43,9 @@ MiB = 1 << 20
 SIZE_MIB = 1024
 QUICK_SIZE_MIB = 32
 SLICES = 64
-TASKS = 40
+TASKS = 100
 SETTLE = 0.5
+QUICK_SETTLE = 0.1
 
 
 def task_len(a):
@@ -160,7 +161,7 @@ def main():
         def dumps_with(reducer):
             ForkingPickler._extra_reducers[np.ndarray] = reducer
             try:
-                for _ in range(TASKS * 50):
+                for _ in range(TASKS * 20):
                     ForkingPickler.dumps(tiny)
             finally:
                 ForkingPickler._extra_reducers[np.ndarray] = ours
@@ -187,12 +188,12 @@ def main():
                     # Untimed: the previous batch's large arrays are unmapped
                     # in the background (shmkit's) or by the kernel (a
                     # worker's pickled copy); each batch starts after that.
-                    time.sleep(SETTLE)
+                    time.sleep(QUICK_SETTLE if args.quick else SETTLE)
                     ns = common.quiet_gc(timed, impls[k])
                     if w == "per_task":
                         ns //= TASKS
                     elif w == "fallback":
-                        ns //= TASKS * 50
+                        ns //= TASKS * 20
                     samples[w][k].append(ns)
             common.progress(r, args.rounds, not args.json)
     finally:
