@@ -638,14 +638,22 @@ def np_hold_until(q, ack, ev):
     del a
 
 
-def np_hold_while_parent(q):
-    """Holds whatever views arrive on ``q`` while its parent lives; exits
-    once orphaned (its parent was SIGKILLed)."""
+def np_hold_while_alive(q, owner):
+    """Holds whatever views arrive on ``q`` while process ``owner`` lives;
+    exits once it is gone (SIGKILLed). Watching the owner, not the parent:
+    under forkserver the parent is the fork server, which this process
+    itself keeps alive."""
     import queue
 
-    parent = os.getppid()
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
     held = []
-    while os.getppid() == parent:
+    while alive(owner):
         try:
             held.append(q.get(timeout=0.02))
         except queue.Empty:

@@ -414,14 +414,15 @@ def test_a_typical_program_leaves_nothing_and_says_nothing():
 @pytest.mark.parametrize("method", METHODS)
 def test_sigkill_of_holders_at_random_moments_leaves_nothing(method):
     owner = textwrap.dedent("""
-        import multiprocessing as mp, sys, time
+        import multiprocessing as mp, os, sys, time
         import shm_helpers as h
         import shmkit.numpy as snp
         if __name__ == '__main__':
             ctx = mp.get_context(sys.argv[2])
             a = snp.ones((256, 256), name=sys.argv[1])
             q = ctx.Queue()
-            kids = [ctx.Process(target=h.np_hold_while_parent, args=(q,)) for _ in range(2)]
+            kids = [ctx.Process(target=h.np_hold_while_alive, args=(q, os.getpid()))
+                    for _ in range(2)]
             for k in kids:
                 k.start()
                 print(k.pid, flush=True)
