@@ -52,6 +52,15 @@ ABOUT = {
         "1 000 segments against **direct**: unlinking the same 1 000 segments from "
         "the client process. Wall clock (two processes do the work)."
     ),
+    "arrays": (
+        "`shmkit.numpy` arrays passed to pool workers by name. A `ProcessPoolExecutor` "
+        "worker sums a float64 array (**stdlib**: a private array, pickled); the cost "
+        "of one task whose argument is a large shmkit array against one of 1 KiB; "
+        "`Pool.map` of `np.sum` over 64 slices of one array against **joblib**'s "
+        "automatic memmapping of the same slices and **SharedArray**; creating and "
+        "filling an array against a **private** `np.empty`. Pools started before the "
+        "clock; wall clock."
+    ),
     "rust": (
         "`cargo bench -p shmkit-bench` (criterion, `bench/benches/`): the same "
         "operations through the Rust crate, without Python; the lifecycle rows "
@@ -64,6 +73,7 @@ SHORT = {
     "handoff": "hand to a child",
     "shareable_list": "ShareableList",
     "managers": "manager",
+    "arrays": "numpy arrays",
     "rust": "Rust",
 }
 # Why a target can read "not met", for the report's list of misses. Each says
@@ -90,6 +100,11 @@ WHY = {
         "process; the stdlib's 7-11 ms varies more than that between runs, so the "
         "ratio sits at the line"),
     ("managers", "shutdown"): ("see #5"),
+    ("arrays", "ppe_sum"): (
+        "the worker's sum reads the whole array (its pages faulted in at first "
+        "touch), which no way of handing it over avoids: the ratio cannot exceed "
+        "the stdlib's time over the sum's own; the hand-over alone is the row "
+        "with a worker that only reads the length"),
 }
 RUNTIME_COLORS = {"3.11": "#3b6fb6", "3.13": "#e08a2c", "Rust": "#7a7a7a"}
 

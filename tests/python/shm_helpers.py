@@ -551,3 +551,112 @@ def attach_list_untracked(mod, name):
     sl = list_class(mod)(name=name)
     untrack(mod, sl.shm)
     return sl
+
+
+# --------------------------------------------------------------------------
+# Targets for shmkit.numpy's multiprocessing children (test_numpy_arrays.py)
+
+
+def np_sum(a):
+    """The sum of ``a``, whatever view of it arrived."""
+    return float(a.sum())
+
+
+def np_sum_and_add(a, x):
+    """Adds ``x`` to every element of the view that arrived; returns the
+    sum it saw before, and whether the view was shared memory."""
+    import shmkit.numpy as snp
+
+    before = float(a.sum())
+    a += x
+    return before, snp.is_shared(a)
+
+
+def np_try_write(a):
+    """What writing to the view that arrived did: 'wrote', or the error."""
+    import shmkit.numpy as snp
+
+    out = [snp.is_shared(a)]
+    try:
+        a[...] = 7
+        out.append("wrote")
+    except ValueError as e:
+        out.append(f"refused: {e}")
+    try:
+        a.flags.writeable = True
+        out.append("made writable")
+    except ValueError as e:
+        out.append(f"refused: {e}")
+    return out
+
+
+def np_add_in_child(a, x):
+    """Process target: adds ``x`` to the view it was given."""
+    a += x
+
+
+def np_queue_worker(inq, outq):
+    """Receives views from ``inq`` until None; for each, doubles it and
+    answers its sum and whether it was shared memory."""
+    import shmkit.numpy as snp
+
+    while True:
+        a = inq.get()
+        if a is None:
+            return
+        a *= 2
+        outq.put((float(a.sum()), snp.is_shared(a)))
+        del a
+
+
+def np_send_fresh_and_exit(q, n):
+    """Sends a fresh shared array it keeps no reference to, then exits."""
+    import numpy as np
+
+    import shmkit.numpy as snp
+
+    q.put(snp.array(np.arange(n, dtype=np.int64)))
+
+
+def np_pipe_echo(conn):
+    """Over ``conn``: receives views, negates them in place, sends each back
+    as it is, until None."""
+    while True:
+        a = conn.recv()
+        if a is None:
+            return
+        a *= -1
+        conn.send(a)
+
+
+def np_hold_until(q, ack, ev):
+    """Receives a view, answers its sum on ``ack``, and holds it until
+    ``ev`` is set."""
+    a = q.get()
+    ack.put(float(a.sum()))
+    ev.wait(30)
+    del a
+
+
+def np_hold_while_alive(q, owner):
+    """Holds whatever views arrive on ``q`` while process ``owner`` lives;
+    exits once it is gone (SIGKILLed). Watching the owner, not the parent:
+    under forkserver the parent is the fork server, which this process
+    itself keeps alive."""
+    import queue
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    held = []
+    while alive(owner):
+        try:
+            held.append(q.get(timeout=0.02))
+        except queue.Empty:
+            pass
+        except (EOFError, OSError):
+            break

@@ -125,6 +125,10 @@ enum Holds {
         items: usize,
     },
     Semaphore,
+    /// `shmkit.numpy`'s arrays: dtype and shape, as text.
+    Array {
+        array: String,
+    },
     Data,
     /// The segment could not be read (no permission).
     Unreadable {
@@ -134,6 +138,9 @@ enum Holds {
 
 impl Holds {
     fn of(segment: &SegmentInfo) -> Holds {
+        if let Some(array) = crate::show_array::holds(&segment.name) {
+            return Holds::Array { array };
+        }
         match inspect::contents(&segment.name) {
             Ok(Contents::Empty) => Holds::Empty,
             Ok(Contents::ShareableList { len }) => Holds::ShareableList { items: len },
@@ -150,6 +157,7 @@ impl Holds {
             Holds::Empty => "empty".to_owned(),
             Holds::ShareableList { items } => format!("ShareableList[{items}]"),
             Holds::Semaphore => "semaphore".to_owned(),
+            Holds::Array { array } => array.clone(),
             Holds::Data => "data".to_owned(),
             Holds::Unreadable { .. } => "?".to_owned(),
         }

@@ -10,6 +10,7 @@ use shmkit::{Error, RenameFlags};
 
 use crate::errors::to_pyerr;
 
+mod array;
 mod errors;
 mod manager;
 mod segment;
@@ -87,6 +88,7 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 #[pymodule]
 fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<segment::Segment>()?;
+    m.add_class::<array::ArraySegment>()?;
     m.add_class::<shared_memory::SharedMemoryBase>()?;
     m.add_class::<shareable_list::ShareableListBase>()?;
     m.add_class::<manager::ManagerClient>()?;

@@ -135,6 +135,16 @@ pub enum Error {
         /// What the segment holds (`"no shmkit object"` for anything else).
         found: &'static str,
     },
+    /// An array segment's descriptor, or an array asked for, that shmkit
+    /// refuses (see [`array`](crate::array)).
+    #[cfg(feature = "array")]
+    #[error("shared memory segment {name:?}: {reason}")]
+    BadArray {
+        /// The segment's name.
+        name: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// Flags that cannot be combined.
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),

@@ -29,6 +29,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "array")]
+pub mod array;
 mod error;
 #[cfg(feature = "list")]
 pub mod list;

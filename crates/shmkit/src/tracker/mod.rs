@@ -414,6 +414,26 @@ impl<'m> Table<'m> {
         }
     }
 
+    /// Marks every registration of `name` quiet (see [`quiet`]).
+    fn set_quiet(&self, name: &[u8]) {
+        let start = Self::start(name);
+        for k in 0..SLOTS {
+            let i = (start + k) & (SLOTS - 1);
+            match self.state(i).load(Ordering::Acquire) {
+                EMPTY => return,
+                VALID if self.name_is(i, name) => {
+                    self.slot_word(i, SINCE_AT).store(QUIET, Ordering::Release);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether slot `i` is a quiet registration.
+    fn is_quiet(&self, i: usize) -> bool {
+        self.state(i).load(Ordering::Acquire) == VALID && self.since(i) == QUIET
+    }
+
     /// Removes every slot holding `name` (a set, as CPython's tracker keeps).
     fn remove(&self, name: &[u8]) {
         let start = Self::start(name);
@@ -554,6 +574,22 @@ pub(crate) fn intend(bare: &str) -> Option<Intent> {
     let since = tracking::coarse_now_ns();
     let slot = t.table.insert_intent(bare.as_bytes(), since)?;
     Some(Intent { slot })
+}
+
+/// Kept in a registration's intent-time word, which only intents use: the
+/// watcher cleans the segment up without CPython's leak warning.
+const QUIET: u64 = u64::MAX;
+
+/// Makes the watcher clean up the registered segment `name` silently: for
+/// segments whose clean-up at exit is how they are meant to end (arrays
+/// that travel by name), not a leak to warn about.
+pub fn quiet(name: &str) {
+    let Ok(bare) = crate::name::validate(name) else {
+        return;
+    };
+    if let Some(Some(t)) = TRACKER.get() {
+        t.table.set_quiet(bare.as_bytes());
+    }
 }
 
 /// Stops tracking the segment `name` in this process (and its fork

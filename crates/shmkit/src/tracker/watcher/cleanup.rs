@@ -40,32 +40,33 @@ pub(super) fn cleanup(table: Table, marks: &mut Marks) {
                 continue;
             }
             let intent = pass == INTENT;
+            // A quiet registration is cleaned up like any other, in silence.
+            let loud = !table.is_quiet(i);
             match probe(&table.name(i), want(&table, i), marks.fd_of(i)) {
                 Probe::InUse { retry: again } => {
-                    leaked += 1;
-                    pending[i / 64] |= 1 << (i % 64);
+                    leaked += usize::from(loud);
+                    pending[i / 64] |= u64::from(loud) << (i % 64);
                     if again {
                         retry[i / 64] |= 1 << (i % 64);
                     }
                 }
                 Probe::Gone | Probe::Foreign if !intent => {
-                    leaked += 1;
-                    gone[i / 64] |= 1 << (i % 64);
+                    leaked += usize::from(loud);
+                    gone[i / 64] |= u64::from(loud) << (i % 64);
                 }
-                Probe::Unlinked => leaked += 1,
+                Probe::Unlinked => leaked += usize::from(loud),
                 Probe::Gone | Probe::Foreign => {}
             }
         }
     }
     marks.clear();
-    if leaked == 0 {
-        return;
+    if leaked > 0 {
+        Line::new()
+            .push(b"shmkit: UserWarning: resource_tracker: There appear to be ")
+            .num(leaked)
+            .push(b" leaked shared_memory objects to clean up at shutdown\n")
+            .emit();
     }
-    Line::new()
-        .push(b"shmkit: UserWarning: resource_tracker: There appear to be ")
-        .num(leaked)
-        .push(b" leaked shared_memory objects to clean up at shutdown\n")
-        .emit();
     for i in (0..SLOTS).filter(|&i| has(&gone, i)) {
         let name = table.name(i);
         Line::new()
