@@ -125,6 +125,10 @@ enum Holds {
         items: usize,
     },
     Semaphore,
+    /// A shmkit object (lock, event, queue…): its kind's name.
+    Object {
+        object: &'static str,
+    },
     Data,
     /// The segment could not be read (no permission).
     Unreadable {
@@ -138,6 +142,9 @@ impl Holds {
             Ok(Contents::Empty) => Holds::Empty,
             Ok(Contents::ShareableList { len }) => Holds::ShareableList { items: len },
             Ok(Contents::Semaphore) => Holds::Semaphore,
+            Ok(Contents::Object { kind }) => Holds::Object {
+                object: kind.name(),
+            },
             Ok(_) => Holds::Data,
             Err(e) => Holds::Unreadable {
                 error: e.to_string(),
@@ -150,6 +157,7 @@ impl Holds {
             Holds::Empty => "empty".to_owned(),
             Holds::ShareableList { items } => format!("ShareableList[{items}]"),
             Holds::Semaphore => "semaphore".to_owned(),
+            Holds::Object { object } => format!("shmkit {object}"),
             Holds::Data => "data".to_owned(),
             Holds::Unreadable { .. } => "?".to_owned(),
         }
