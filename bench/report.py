@@ -52,6 +52,12 @@ ABOUT = {
         "1 000 segments against **direct**: unlinking the same 1 000 segments from "
         "the client process. Wall clock (two processes do the work)."
     ),
+    "sync": (
+        "`shmkit.sync`: uncontended `acquire()`+`release()` against `multiprocessing.Lock`, "
+        "`threading.Lock`, `posix_ipc.Semaphore` and `shmlock` (CPU time); a round trip "
+        "between two processes over two semaphores (wall clock); and the time from a "
+        "holder's SIGKILL to the next acquirer holding the lock (wall clock)."
+    ),
     "rust": (
         "`cargo bench -p shmkit-bench` (criterion, `bench/benches/`): the same "
         "operations through the Rust crate, without Python; the lifecycle rows "
@@ -64,6 +70,7 @@ SHORT = {
     "handoff": "hand to a child",
     "shareable_list": "ShareableList",
     "managers": "manager",
+    "sync": "locks",
     "rust": "Rust",
 }
 # Why a target can read "not met", for the report's list of misses. Each says

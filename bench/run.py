@@ -50,6 +50,7 @@ GROUPS: tuple[tuple[str, str, list[str]], ...] = (
     ("handoff", "handoff.py", []),
     ("shareable_list", "shareable_list.py", []),
     ("managers", "managers.py", []),
+    ("sync", "sync.py", []),
 )
 PYTHONS = ("3.11", "3.13")
 # Criterion's own arguments: no HTML plots (only the medians are read);
@@ -73,6 +74,11 @@ CRITERION_ROWS = {
     "access/fetch_add on a held &AtomicU64": ("fetch_add on a held &AtomicU64", None, []),
     "list/get str": ("ShareableList get str", None, []),
     "list/set str": ("ShareableList set str", None, []),
+    "sync/lock+unlock": ("sync Lock lock+unlock", None,
+                         [common.Target(15, "median_ns", None, "<=", 15.0, "≤ 15 ns")]),
+    "sync/semaphore try_acquire+release": ("sync Semaphore try_acquire+release", None, []),
+    "sync/semaphore ping-pong round trip (threads)": (
+        "sync Semaphore ping-pong round trip (threads)", None, []),
 }
 
 
@@ -292,6 +298,7 @@ def rust_group(quick, data_dir):
     floor (wall clock, as criterion) for the lifecycle rows."""
     home = os.path.join(data_dir, "criterion")
     build = ["cargo", "bench", "-p", "shmkit-bench", "--bench", "segment", "--bench", "list",
+             "--bench", "sync",
              "--no-run", "--message-format=json-render-diagnostics"]
     args = ["--bench", *CRITERION_ARGS, *(CRITERION_QUICK if quick else [])]
     # Criterion writes its estimates under CRITERION_HOME: a folder of this
