@@ -632,3 +632,60 @@ def test_atomic_adds_from_threads_add_up(segments):
     for t in threads:
         t.join()
     assert a.load() == 8000
+
+
+# -- the shmkit command ------------------------------------------------------------
+
+
+def shmkit_cmd(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "shmkit", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_ls_shows_the_kind_and_show_decodes_the_state(made, segments):
+    import json
+
+    lock = made(sync.Lock(segments.name("cli_lock"), create=True))
+    sem = made(sync.BoundedSemaphore(3, name=segments.name("cli_sem"), create=True))
+    event = made(sync.Event(segments.name("cli_event"), create=True))
+    barrier = made(sync.Barrier(2, name=segments.name("cli_barrier"), create=True))
+    event.set()
+    sem.acquire()
+    with lock:
+        ls = shmkit_cmd("ls", "--json")
+        assert ls.returncode == 0, ls.stderr
+        holds = {e["name"]: e["holds"] for e in json.loads(ls.stdout)["segments"]}
+        assert holds[lock.name] == {"kind": "object", "object": "lock"}
+        assert holds[sem.name] == {"kind": "object", "object": "bounded_semaphore"}
+        assert holds[barrier.name] == {"kind": "object", "object": "barrier"}
+        text = shmkit_cmd("ls").stdout
+        assert "shmkit event" in text and "shmkit lock" in text
+        shown = json.loads(shmkit_cmd("show", "--json", lock.name).stdout)
+        assert shown["kind"] == "lock" and shown["held"] is True
+        assert shown["owner_pid"] == os.getpid()
+        assert shown["owner_tid"] == threading.get_native_id()
+    shown = json.loads(shmkit_cmd("show", "--json", lock.name).stdout)
+    assert shown["held"] is False and shown["owner_pid"] is None
+    assert json.loads(shmkit_cmd("show", "--json", sem.name).stdout)["value"] == 2
+    assert json.loads(shmkit_cmd("show", "--json", event.name).stdout)["set"] is True
+    text = shmkit_cmd("show", event.name).stdout
+    assert "shmkit event" in text and "set: true" in text
+
+
+LEAKER = """if 1:
+    import sys
+    from shmkit import sync
+    sync.Lock(sys.argv[1], create=True, track=False).acquire()
+"""
+
+
+def test_gc_collects_a_lock_whose_users_are_gone(segments):
+    name = segments.name("gc_lock")
+    proc = h.run_python(LEAKER, args=(name,))
+    assert proc.returncode == 0, h.describe(proc)
+    assert h.segment_exists(name)
+    gc = shmkit_cmd("gc", name)
+    assert gc.returncode == 0, gc.stderr
+    assert [line.split()[:2] for line in gc.stdout.splitlines()] == [["removed", name]]
+    assert not h.segment_exists(name)
