@@ -154,6 +154,8 @@ def recovery_once(lock, clock):
             warnings.simplefilter("ignore")
             lock.acquire()
         got.append(clock())
+        lock.mark_repaired()
+        lock.release()  # by the thread that holds it
 
     t = threading.Thread(target=take)
     t.start()
@@ -162,8 +164,6 @@ def recovery_once(lock, clock):
     holder.send_signal(signal.SIGKILL)
     t.join()
     holder.wait()
-    lock.mark_repaired()
-    lock.release()
     return got[0] - t0
 
 

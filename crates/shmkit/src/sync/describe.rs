@@ -72,9 +72,9 @@ pub fn describe(bytes: &[u8]) -> Option<State> {
             State::Lock {
                 kind,
                 owner_tid: (tid != 0).then_some(tid),
-                depth: word(bytes, s + 64)?,
+                depth: word(bytes, s + super::lock::DEPTH_AT)?,
                 waiters: w & WAITERS != 0,
-                owner_died: word(bytes, s + 68)? != 0 || w & OWNER_DIED != 0,
+                owner_died: word(bytes, s + super::lock::DIED_AT)? != 0 || w & OWNER_DIED != 0,
             }
         }
         Kind::Semaphore | Kind::BoundedSemaphore => {

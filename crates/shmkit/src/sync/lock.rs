@@ -6,9 +6,10 @@
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
-//! | 0 | 64 | `pthread_mutex_t` (robust, process-shared, error-checking) |
-//! | 64 | 4 | depth: how many times the owner holds it (written by the owner only) |
-//! | 68 | 4 | owner died: 1 from a death until [`mark_repaired`](LockGuard::mark_repaired) |
+//! | 0 | 56 | `pthread_mutex_t` (robust, process-shared, error-checking) |
+//! | 56 | 4 | depth: how many times the owner holds it (written by the owner only) |
+//! | 60 | 4 | owner died: 1 from a death until [`mark_repaired`](LockGuard::mark_repaired) |
+//! | 64 | 8 | reserved |
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -23,8 +24,9 @@ use crate::sys::futex::tid;
 use crate::sys::robust_mutex::{Locked, RobustMutex, TID_MASK};
 use crate::{Error, Options, Region, Result};
 
-const DEPTH_AT: usize = 64;
-const DIED_AT: usize = 68;
+/// Where describe finds the depth and the owner-died flag.
+pub(crate) const DEPTH_AT: usize = crate::sys::robust_mutex::SPARE_AT;
+pub(crate) const DIED_AT: usize = DEPTH_AT + 4;
 /// Bytes a lock takes in a region (8-aligned).
 pub const LOCK_SIZE: usize = 72;
 pub(crate) const MUTEXES: &[usize] = &[0];
@@ -56,8 +58,8 @@ impl<'a> LockState<'a> {
         })?;
         Ok(LockState {
             mutex,
-            depth: region.atomic_u32(at + DEPTH_AT)?,
-            died: region.atomic_u32(at + DIED_AT)?,
+            depth: mutex.spare(0),
+            died: mutex.spare(1),
             recursive,
         })
     }

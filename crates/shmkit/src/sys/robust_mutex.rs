@@ -21,10 +21,13 @@ use rustix::io::Errno;
 
 use crate::Region;
 
-/// Bytes reserved for a mutex (glibc's is 40 on 64-bit targets, 24 on
-/// 32-bit ones; the rest is room to spare).
+/// Bytes reserved for a mutex: glibc's `pthread_mutex_t` (40 bytes on
+/// x86-64, 48 on aarch64, 24 on 32-bit targets), then two words of the
+/// owner's own at [`SPARE_AT`], reached without another bounds check.
 pub(crate) const MUTEX_SIZE: usize = 64;
-const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= MUTEX_SIZE);
+/// Where the two spare words start in the reservation.
+pub(crate) const SPARE_AT: usize = 56;
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= SPARE_AT);
 
 /// The owner's thread id in the mutex's word (`FUTEX_TID_MASK`).
 pub(crate) const TID_MASK: u32 = 0x3fff_ffff;
@@ -96,6 +99,15 @@ impl<'r> RobustMutex<'r> {
         // mutex is 8-aligned), and glibc and the kernel only change it
         // atomically.
         unsafe { AtomicU32::from_ptr(self.ptr.cast()) }
+    }
+
+    /// Spare word `i` (0 or 1) of the reservation, after the mutex.
+    pub(crate) fn spare(&self, i: usize) -> &'r AtomicU32 {
+        assert!(i < 2, "two spare words");
+        // SAFETY: SPARE_AT + 4 * i + 4 <= MUTEX_SIZE, inside the checked,
+        // 8-aligned reservation, beyond the pthread_mutex_t (static
+        // assertion above); only ever accessed atomically.
+        unsafe { AtomicU32::from_ptr(self.ptr.cast::<u8>().add(SPARE_AT + 4 * i).cast()) }
     }
 
     /// Initialises a fresh mutex: process-shared, robust, error-checking
