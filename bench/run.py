@@ -77,8 +77,8 @@ CRITERION_ROWS = {
     "sync/lock+unlock": ("sync Lock lock+unlock", None,
                          [common.Target(15, "median_ns", None, "<=", 15.0, "≤ 15 ns")]),
     "sync/semaphore try_acquire+release": ("sync Semaphore try_acquire+release", None, []),
-    "sync/semaphore ping-pong round trip (threads)": (
-        "sync Semaphore ping-pong round trip (threads)", None, []),
+    "sync/semaphore ping-pong round trip (processes)": (
+        "sync Semaphore ping-pong round trip (processes)", None, []),
 }
 
 

@@ -1,13 +1,13 @@
 //! `shmkit::sync` from Rust: the uncontended paths (no system call), and a
-//! round trip between two threads over two semaphores (a futex wait and
-//! wake each way).
+//! round trip between two processes over two semaphores (a futex wait and
+//! wake each way), to set beside `futex-floor`.
 //!
 //! `cargo bench -p shmkit-bench --bench sync`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use shmkit::sync::{Event, Lock, Semaphore, Wait};
 
 fn uncontended(c: &mut Criterion) {
@@ -39,38 +39,54 @@ fn uncontended(c: &mut Criterion) {
     }
 }
 
+/// Set in the child this bench starts for the ping-pong: `PING PONG`.
+const PONG_ENV: &str = "SHMKIT_BENCH_SYNC_PONG";
+
+/// The child's side: take a ping, give a pong, until killed.
+fn pong_child(names: &str) -> ! {
+    let (ping, pong) = names.split_once(' ').expect("two names");
+    let ping = Semaphore::open(ping).expect("open");
+    let pong = Semaphore::open(pong).expect("open");
+    loop {
+        ping.acquire();
+        pong.release(1).expect("release");
+    }
+}
+
 fn ping_pong(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync");
     g.measurement_time(Duration::from_secs(3));
     let ping = Semaphore::create(0).expect("create");
     let pong = Semaphore::create(0).expect("create");
-    let stop = Event::create().expect("create");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ping = Semaphore::open(ping.name().expect("named")).expect("open");
-            let pong = Semaphore::open(pong.name().expect("named")).expect("open");
-            loop {
-                ping.acquire();
-                if stop.is_set() {
-                    return;
-                }
-                pong.release(1).expect("release");
-            }
-        });
-        g.bench_function("semaphore ping-pong round trip (threads)", |b| {
-            b.iter(|| {
-                ping.release(1).expect("release");
-                pong.acquire();
-            })
-        });
-        stop.set();
-        ping.release(1).expect("release");
+    let names = format!(
+        "{} {}",
+        ping.name().expect("named"),
+        pong.name().expect("named")
+    );
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(PONG_ENV, names)
+        .spawn()
+        .expect("spawn the child");
+    g.bench_function("semaphore ping-pong round trip (processes)", |b| {
+        b.iter(|| {
+            ping.release(1).expect("release");
+            pong.acquire();
+        })
     });
     g.finish();
-    for name in [ping.name(), pong.name(), stop.name()] {
+    let _ = child.kill();
+    let _ = child.wait();
+    for name in [ping.name(), pong.name()] {
         let _ = shmkit::unlink(name.expect("named"));
     }
 }
 
 criterion_group!(benches, uncontended, ping_pong);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(names) = std::env::var(PONG_ENV) {
+        pong_child(&names);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

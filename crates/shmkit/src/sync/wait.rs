@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// How many times a wait looks again, with a CPU pause in between, before
 /// it sleeps: a hand-off that comes within a microsecond or two saves the
 /// sleep and the wake, one that does not costs little.
-pub(crate) const SPINS: u32 = 64;
+pub(crate) const SPINS: u32 = 8;
 
 /// The longest sleep between two runs of the interruption hook (and two
 /// checks of a barrier's parties). Long enough that a process blocked for
@@ -140,12 +140,15 @@ impl<'h> Wait<'h> {
 
     /// Sleeps on `word` while it holds `expected`, for one slice at most;
     /// `Ok(false)` once the deadline passed. Runs the hook after a slice
-    /// that ran out and after a signal.
+    /// that ran out and after a signal. A wait with neither deadline nor
+    /// hook sleeps without a timeout: nothing would run between slices,
+    /// and an untimed sleep spares the kernel a timer.
     pub(crate) fn sleep(&mut self, word: &AtomicU32, expected: u32) -> Result<bool> {
         let Some(slice) = self.slice() else {
             return Ok(false);
         };
-        match futex::wait(word, expected, Some(slice)) {
+        let timeout = (self.deadline.is_some() || self.hook.is_some()).then_some(slice);
+        match futex::wait(word, expected, timeout) {
             Woken::Awake => Ok(true),
             Woken::TimedOut | Woken::Interrupted => {
                 self.check()?;
