@@ -3,6 +3,8 @@
 
     python bench/sync.py [--quick] [--json] [--rounds R]
 
+* with -- the same as ``with lock: pass`` (shmkit, multiprocessing,
+          threading). CPU time.
 * lock -- uncontended ``acquire()`` + ``release()`` in a loop, per pair:
           shmkit ``sync.Lock``, ``multiprocessing.Lock``, ``threading.Lock``,
           ``posix_ipc.Semaphore`` and ``shmlock`` (a polling lock: few
@@ -71,6 +73,14 @@ def lock_pairs(made):
         except Exception as e:  # its API has changed between versions
             common.log(f"note: shmlock could not be used ({e!r}); left out")
     return pairs
+
+
+def time_with(lock, n, clock):
+    t0 = clock()
+    for _ in range(n):
+        with lock:
+            pass
+    return (clock() - t0) / n
 
 
 def time_pairs(acquire, release, n, clock):
@@ -192,6 +202,18 @@ def main():
             {k: "speedup" for k in pairs if k != "shmkit"},
             [common.Target(15, "speedup", "multiprocessing", ">=", 1.0,
                            "≥ 1× (no slower than multiprocessing.Lock)")]))
+
+        locks = {"shmkit": sync.Lock(), "multiprocessing": multiprocessing.Lock(),
+                 "threading": threading.Lock()}
+        made.append(locks["shmkit"].unlink)
+        samples = {k: [] for k in locks}
+        for r in range(args.rounds):
+            for kind in common.rotated(list(locks), r):
+                samples[kind].append(common.quiet_gc(time_with, locks[kind], LOCK_N[q], cpu))
+            common.progress(r, args.rounds, not args.json)
+        rows.append(common.make_row(
+            "with", "uncontended `with lock: pass`", samples,
+            {k: "speedup" for k in locks if k != "shmkit"}))
 
         ctx = multiprocessing.get_context("fork")
         games = start_pingpongs(ctx, made)
