@@ -689,3 +689,26 @@ def test_gc_collects_a_lock_whose_users_are_gone(segments):
     assert gc.returncode == 0, gc.stderr
     assert [line.split()[:2] for line in gc.stdout.splitlines()] == [["removed", name]]
     assert not h.segment_exists(name)
+
+
+def test_a_handle_dropped_while_its_lock_is_held_keeps_the_memory_mapped(made):
+    import gc
+
+    def mappings(name):
+        with open("/proc/self/maps") as f:
+            return sum(line.rstrip("\n").endswith("/dev/shm/" + name) for line in f)
+
+    lock = made(sync.Lock())
+    other = sync.Lock(lock.name)
+    assert mappings(lock.name) == 2
+    assert other.acquire()
+    del other
+    gc.collect()
+    # The kernel's robust list of this thread still points into it.
+    assert mappings(lock.name) == 2
+    lock.release()  # the same thread, the same mutex
+    third = sync.Lock(lock.name)
+    assert mappings(lock.name) == 3
+    del third
+    gc.collect()
+    assert mappings(lock.name) == 2

@@ -15,8 +15,9 @@
 //! - [`Semaphore`], [`BoundedSemaphore`] and [`Event`] are futex words.
 //!   Their counts belong to nobody, as POSIX semaphores' do.
 //!
-//! Blocking calls spin briefly, then sleep in the kernel in slices of
-//! [`SLICE`]; a [`Wait`] sets the deadline and a hook run between slices.
+//! Blocking calls spin briefly, then sleep in the kernel (futex); a wait
+//! with a deadline or an interruption hook sleeps in slices of [`SLICE`]
+//! and runs the hook between them. A [`Wait`] sets both.
 //!
 //! A counter needs no lock: [`Region::atomic_i64`](crate::Region::atomic_i64)
 //! gives a 64-bit atomic at any 8-aligned offset:
