@@ -61,6 +61,12 @@ ABOUT = {
         "filling an array against a **private** `np.empty`. Pools started before the "
         "clock; wall clock."
     ),
+    "sync": (
+        "`shmkit.sync`: uncontended `acquire()`+`release()` against `multiprocessing.Lock`, "
+        "`threading.Lock`, `posix_ipc.Semaphore` and `shmlock` (CPU time); a round trip "
+        "between two processes over two semaphores (wall clock); and the time from a "
+        "holder's SIGKILL to the next acquirer holding the lock (wall clock)."
+    ),
     "rust": (
         "`cargo bench -p shmkit-bench` (criterion, `bench/benches/`): the same "
         "operations through the Rust crate, without Python; the lifecycle rows "
@@ -74,6 +80,7 @@ SHORT = {
     "shareable_list": "ShareableList",
     "managers": "manager",
     "arrays": "numpy arrays",
+    "sync": "locks",
     "rust": "Rust",
 }
 # Why a target can read "not met", for the report's list of misses. Each says

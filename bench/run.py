@@ -51,6 +51,7 @@ GROUPS: tuple[tuple[str, str, list[str]], ...] = (
     ("shareable_list", "shareable_list.py", []),
     ("managers", "managers.py", []),
     ("arrays", "arrays.py", []),
+    ("sync", "sync.py", []),
 )
 PYTHONS = ("3.11", "3.13")
 # Criterion's own arguments: no HTML plots (only the medians are read);
@@ -74,6 +75,12 @@ CRITERION_ROWS = {
     "access/fetch_add on a held &AtomicU64": ("fetch_add on a held &AtomicU64", None, []),
     "list/get str": ("ShareableList get str", None, []),
     "list/set str": ("ShareableList set str", None, []),
+    "sync/lock+unlock": ("sync Lock lock+unlock", None,
+                         [common.Target(15, "median_ns", None, "<=", 15.0, "≤ 15 ns")]),
+    "sync/semaphore try_acquire+release": ("sync Semaphore try_acquire+release", None, []),
+    "sync/semaphore ping-pong round trip (processes)": (
+        "sync Semaphore ping-pong round trip (processes)", "futex_pingpong",
+        [common.Target(15, "overhead", "floor", "<=", 1.25, "≤ 1.25× the futex floor")]),
 }
 
 
@@ -285,7 +292,17 @@ def floor_batches(binary, quick):
     n, batches = (400, 3) if quick else (2000, 15)
     recs = common.floor_batch(binary, ["create", "create_ftruncate", "attach"], n,
                               size=4096, clock="wall", batches=batches)
-    return {k: list(rec["batch_ns"]) for k, rec in recs.items()}
+    out = {k: list(rec["batch_ns"]) for k, rec in recs.items()}
+    # The hand-off floor: a raw futex ping-pong between two processes.
+    futex = os.path.join(os.path.dirname(binary), "futex-floor")
+    if not os.access(futex, os.X_OK):
+        subprocess.run(["cargo", "build", "--release", "-p", "shmkit-bench", "--bin",
+                        "futex-floor"], cwd=common.REPO, check=True, stdout=sys.stderr)
+    rounds, fbatches = (2000, 3) if quick else (10000, 8)
+    rec = json.loads(subprocess.run([futex, "--rounds", str(rounds), "--batches", str(fbatches)],
+                                    check=True, capture_output=True, text=True).stdout)
+    out[rec["name"]] = list(rec["batch_ns"])
+    return out
 
 
 def rust_group(quick, data_dir):
@@ -293,6 +310,7 @@ def rust_group(quick, data_dir):
     floor (wall clock, as criterion) for the lifecycle rows."""
     home = os.path.join(data_dir, "criterion")
     build = ["cargo", "bench", "-p", "shmkit-bench", "--bench", "segment", "--bench", "list",
+             "--bench", "sync",
              "--no-run", "--message-format=json-render-diagnostics"]
     args = ["--bench", *CRITERION_ARGS, *(CRITERION_QUICK if quick else [])]
     # Criterion writes its estimates under CRITERION_HOME: a folder of this

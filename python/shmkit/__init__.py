@@ -34,6 +34,10 @@ def __getattr__(name):
 
         managers = importlib.import_module(".managers", __name__)
         return managers if name == "managers" else managers.SharedMemoryManager
+    if name == "sync":
+        import importlib
+
+        return importlib.import_module(".sync", __name__)
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

@@ -1,5 +1,6 @@
 from . import managers as managers
 from . import shared_memory as shared_memory
+from . import sync as sync
 from .managers import SharedMemoryManager as SharedMemoryManager
 from .shared_memory import ShareableList as ShareableList
 from .shared_memory import SharedMemory as SharedMemory

@@ -24,7 +24,27 @@ __all__ = [
     "cli_main",
     "SHM_RENAME_NOREPLACE",
     "SHM_RENAME_EXCHANGE",
+    "AtomicInt",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "OwnerDiedWarning",
+    "RLock",
+    "Semaphore",
 ]
+
+# The shmkit.sync classes live here and are documented in sync.pyi.
+from .sync import AtomicInt as AtomicInt
+from .sync import Barrier as Barrier
+from .sync import BoundedSemaphore as BoundedSemaphore
+from .sync import Condition as Condition
+from .sync import Event as Event
+from .sync import Lock as Lock
+from .sync import OwnerDiedWarning as OwnerDiedWarning
+from .sync import RLock as RLock
+from .sync import Semaphore as Semaphore
 
 _Address = str | bytes | tuple[str, int]
 

@@ -27,6 +27,7 @@ mod out;
 mod serve;
 mod show;
 mod show_array;
+mod show_object;
 
 /// Exit status: the command did what was asked.
 pub const EXIT_OK: i32 = 0;

@@ -129,6 +129,10 @@ enum Holds {
     Array {
         array: String,
     },
+    /// A shmkit object (lock, event, queue…): its kind's name.
+    Object {
+        object: &'static str,
+    },
     Data,
     /// The segment could not be read (no permission).
     Unreadable {
@@ -145,6 +149,9 @@ impl Holds {
             Ok(Contents::Empty) => Holds::Empty,
             Ok(Contents::ShareableList { len }) => Holds::ShareableList { items: len },
             Ok(Contents::Semaphore) => Holds::Semaphore,
+            Ok(Contents::Object { kind }) => Holds::Object {
+                object: kind.name(),
+            },
             Ok(_) => Holds::Data,
             Err(e) => Holds::Unreadable {
                 error: e.to_string(),
@@ -158,6 +165,7 @@ impl Holds {
             Holds::ShareableList { items } => format!("ShareableList[{items}]"),
             Holds::Semaphore => "semaphore".to_owned(),
             Holds::Array { array } => array.clone(),
+            Holds::Object { object } => format!("shmkit {object}"),
             Holds::Data => "data".to_owned(),
             Holds::Unreadable { .. } => "?".to_owned(),
         }

@@ -1,4 +1,5 @@
-//! `shmkit show NAME`: a ShareableList item by item, or a hexdump.
+//! `shmkit show NAME`: a shmkit object's state, a ShareableList item by
+//! item, or a hexdump.
 
 use serde::Serialize;
 use shmkit::list::Value;
@@ -22,6 +23,9 @@ pub fn run(args: &Args) -> i32 {
     let hex = args.hex || args.offset.is_some() || args.length.is_some();
     if !hex {
         if let Some(status) = crate::show_array::show(&args.name, args.json) {
+            return status;
+        }
+        if let Some(status) = crate::show_object::show(&args.name, args.json) {
             return status;
         }
         match inspect::read_list(&args.name) {

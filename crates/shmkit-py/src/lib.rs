@@ -16,6 +16,7 @@ mod manager;
 mod segment;
 mod shareable_list;
 mod shared_memory;
+mod sync;
 
 /// `shmkit.shared_memory`: tests patch its `_make_filename`, and lists
 /// create their blocks through its `SharedMemory`.
@@ -105,6 +106,7 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rename, m)?)?;
     m.add_function(wrap_pyfunction!(make_filename, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    sync::register(m)?;
     m.add("SHM_RENAME_NOREPLACE", RenameFlags::NOREPLACE.bits())?;
     m.add("SHM_RENAME_EXCHANGE", RenameFlags::EXCHANGE.bits())?;
     Ok(())

@@ -145,6 +145,25 @@ pub enum Error {
         /// What is wrong, in words.
         reason: String,
     },
+    /// A blocking call was cut short by its interruption hook (see
+    /// `sync::Wait`).
+    #[error("the wait was interrupted")]
+    Interrupted,
+    /// The calling thread holds the lock it would wait for, so the wait
+    /// would never end.
+    #[error("this thread holds the lock already: waiting for it would never end")]
+    WouldDeadlock,
+    /// A lock was released, or a condition used, by a thread that does not
+    /// hold the lock.
+    #[error("cannot release un-acquired lock")]
+    NotOwner,
+    /// A bounded semaphore was released beyond its start value, or a
+    /// semaphore beyond its largest count.
+    #[error("Semaphore released too many times")]
+    TooManyReleases,
+    /// A barrier was broken (aborted, reset, or a party died or timed out).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// Flags that cannot be combined.
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),

@@ -44,6 +44,8 @@ pub mod pyrepr;
 #[allow(unsafe_code)]
 mod region;
 mod shared_memory;
+#[cfg(feature = "sync")]
+pub mod sync;
 // Without the manager, the calls only it makes go unused.
 #[cfg_attr(not(feature = "manager"), allow(dead_code))]
 #[allow(unsafe_code)]

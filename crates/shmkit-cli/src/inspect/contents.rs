@@ -23,6 +23,12 @@ pub enum Contents {
         /// The number of items.
         len: usize,
     },
+    /// A shmkit object (a lock, an event, a queue…) marked by the
+    /// [`shmkit::object`] header.
+    Object {
+        /// What it is.
+        kind: shmkit::object::Kind,
+    },
     /// A glibc named semaphore (`sem_open`), which lives in `/dev/shm` as
     /// `sem.NAME`.
     Semaphore,
@@ -134,6 +140,12 @@ pub fn contents(name: &str) -> Result<Contents> {
 fn contents_of(file: &ReadOnly) -> Contents {
     if file.info().size == 0 {
         return Contents::Empty;
+    }
+    let mut header = [0u8; shmkit::object::HEADER_SIZE];
+    if matches!(file.read_at(0, &mut header), Ok(n) if n == header.len()) {
+        if let Some((kind, _)) = shmkit::object::parse(&header) {
+            return Contents::Object { kind };
+        }
     }
     if let Some((layout, _)) = recognise(file) {
         return Contents::ShareableList { len: layout.len() };

@@ -23,6 +23,11 @@ pub(crate) mod proc_nalloc;
 pub(crate) mod stack_text;
 #[cfg(target_os = "linux")]
 pub(crate) mod tracking;
+// Futexes and glibc's robust mutex, for `crate::sync`.
+#[cfg(all(target_os = "linux", feature = "sync"))]
+pub(crate) mod futex;
+#[cfg(all(target_os = "linux", feature = "sync"))]
+pub(crate) mod robust_mutex;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmkit supports Linux only for now; see sys/mod.rs for where a port goes");
