@@ -105,7 +105,7 @@ fn init(parties: u32) -> impl FnOnce(&Region, usize) -> Result<()> {
         for i in 0..SLOTS {
             let slot = at + SLOTS_AT + i * SLOT_SIZE;
             RobustMutex::at(region, slot)
-                .ok_or(Error::OutOfBounds {
+                .ok_or_else(|| Error::OutOfBounds {
                     offset: slot,
                     len: SLOT_SIZE,
                     size: region.len(),

@@ -51,7 +51,7 @@ fn errno(op: &'static str, e: Errno) -> Error {
 impl<'a> LockState<'a> {
     /// The lock at `at` of `region` (checked when the handle was made).
     pub(crate) fn new(region: &'a Region, at: usize, recursive: bool) -> Result<Self> {
-        let mutex = RobustMutex::at(region, at).ok_or(Error::OutOfBounds {
+        let mutex = RobustMutex::at(region, at).ok_or_else(|| Error::OutOfBounds {
             offset: at,
             len: LOCK_SIZE,
             size: region.len(),
