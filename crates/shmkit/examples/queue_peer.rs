@@ -1,0 +1,71 @@
+//! A Rust process on the other side of a `shmkit::queue::Queue`, for the
+//! tests (Rust and Python) that need a producer or consumer that is
+//! neither a fork nor the test's own interpreter.
+//!
+//! ```text
+//! queue_peer push QUEUE MSG...   push each MSG (as UTF-8 bytes), print "pushed N"
+//! queue_peer pop QUEUE N SECS    pop N messages, waiting at most SECS for
+//!                                each; print each as hex, one a line, or
+//!                                "timeout"
+//! queue_peer count QUEUE N       push the 8-byte little-endian numbers 0..N
+//! queue_peer bench QUEUE N SIZE  pop N messages, then print the seconds the
+//!                                pops took (the other side pushes)
+//! ```
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use shmkit::queue::Queue;
+
+fn say(what: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what}");
+    let _ = out.flush();
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> Result<&str, Box<dyn std::error::Error>> {
+        Ok(args.get(i).ok_or("missing argument")?.as_str())
+    };
+    let q = Queue::open(arg(1)?)?;
+    match arg(0)? {
+        "push" => {
+            for msg in &args[2..] {
+                q.push(msg.as_bytes())?;
+            }
+            say(&format!("pushed {}", args.len() - 2));
+        }
+        "pop" => {
+            let n: usize = arg(2)?.parse()?;
+            let secs: f64 = arg(3)?.parse()?;
+            for _ in 0..n {
+                match q.pop_timeout(Duration::from_secs_f64(secs))? {
+                    Some(msg) => say(&msg.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                    None => {
+                        say("timeout");
+                        break;
+                    }
+                }
+            }
+        }
+        "count" => {
+            let n: u64 = arg(2)?.parse()?;
+            for i in 0..n {
+                q.push(&i.to_le_bytes())?;
+            }
+        }
+        "bench" => {
+            let n: usize = arg(2)?.parse()?;
+            let mut buf = Vec::new();
+            q.pop_into(&mut buf)?;
+            let start = Instant::now();
+            for _ in 1..n {
+                q.pop_into(&mut buf)?;
+            }
+            say(&format!("{}", start.elapsed().as_secs_f64()));
+        }
+        other => return Err(format!("unknown command {other:?}").into()),
+    }
+    Ok(())
+}
