@@ -8,6 +8,9 @@
 //!                                each; print each as hex, one a line, or
 //!                                "timeout"
 //! queue_peer count QUEUE N       push the 8-byte little-endian numbers 0..N
+//! queue_peer log QUEUE LOG     pop 8-byte numbers forever; after each, store
+//!                                it in segment LOG: a count at offset 0,
+//!                                the numbers from offset 8
 //! queue_peer bench QUEUE N SIZE  pop N messages, then print the seconds the
 //!                                pops took (the other side pushes)
 //! ```
@@ -53,6 +56,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let n: u64 = arg(2)?.parse()?;
             for i in 0..n {
                 q.push(&i.to_le_bytes())?;
+            }
+        }
+        "log" => {
+            let log = shmkit::SharedMemory::open(arg(2)?)?;
+            let count = log.atomic_u64(0)?;
+            loop {
+                let msg = q.pop()?;
+                let n = count.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                log.write_at(8 + 8 * n, &msg)?;
+                count.store(n as u64 + 1, std::sync::atomic::Ordering::Release);
             }
         }
         "bench" => {
