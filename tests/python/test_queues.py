@@ -517,12 +517,15 @@ def test_rust_and_python_share_a_queue_of_bytes(qname):
 _KILL_ITEMS = 400
 
 
-def _kill_producer(name, tag, big):
+def _kill_producer(name, tag, big, n):
+    """Puts ``n`` numbered items (or without end, for one to be killed)."""
     q = queues.Queue(name=name, track=False)
     np = None
     if big:
         import numpy as np
-    for i in range(_KILL_ITEMS):
+    i = -1
+    while n is None or i + 1 < n:
+        i += 1
         if np is not None and i % 7 == 0:
             q.put((tag, i, np.full(20_000, i, dtype=np.int64)))
         else:
@@ -561,11 +564,16 @@ def test_producers_and_consumers_killed_at_random_lose_at_most_their_item(qname,
         h.record_created(name)
         q = queues.Queue(16, name=name, create=True, capacity=1 << 15)
         logs = [tmp_path / f"c{round_}_{k}.log" for k in range(2)]
-        producers = [ctx.Process(target=_kill_producer, args=(name, t, big)) for t in range(2)]
+        producers = [
+            ctx.Process(target=_kill_producer, args=(name, 0, big, None)),
+            ctx.Process(target=_kill_producer, args=(name, 1, big, _KILL_ITEMS)),
+        ]
         consumers = [ctx.Process(target=_kill_consumer, args=(name, str(logs[k]))) for k in range(2)]
         try:
             for p in producers + consumers:
                 p.start()
+            while not any(log.exists() for log in logs):
+                time.sleep(0.001)  # the consumers have begun
             time.sleep(rng.uniform(0, 0.3))
             victims = (producers[0], consumers[0])
             for v in victims:

@@ -20,7 +20,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
-use shmkit::queue::{Queue, BUFFERS, DEFAULT_CAPACITY, INDIRECT, PICKLED};
+use shmkit::queue::{Buffers, Queue, BUFFERS, DEFAULT_CAPACITY, INDIRECT, PICKLED};
 use shmkit::sync::Wait;
 use shmkit::{Error, Options, Region, SharedMemory};
 
@@ -74,8 +74,22 @@ fn globals(py: Python<'_>) -> PyResult<&Globals> {
 /// pickles) and the out-of-band buffers it hands over.
 #[pyclass(frozen, module = "shmkit._shmkit")]
 pub(crate) struct Sink {
-    chunks: Mutex<Vec<Py<PyBytes>>>,
+    chunks: Mutex<Chunks>,
     buffers: Mutex<Vec<Py<PyAny>>>,
+}
+
+/// A pickle's chunks: one, but for huge pickles, which the pickler writes
+/// in frames (kept apart so that the common case allocates nothing).
+#[derive(Default)]
+struct Chunks {
+    first: Option<Py<PyBytes>>,
+    rest: Vec<Py<PyBytes>>,
+}
+
+impl Chunks {
+    fn iter(&self) -> impl Iterator<Item = &Py<PyBytes>> {
+        self.first.iter().chain(&self.rest)
+    }
 }
 
 #[pymethods]
@@ -89,10 +103,12 @@ impl Sink {
                 PyBytes::new(data.py(), &PyBuffer::<u8>::get(&data)?.to_vec(data.py())?)
             }
         };
-        self.chunks
-            .lock()
-            .expect("not poisoned")
-            .push(bytes.unbind());
+        let mut chunks = self.chunks.lock().expect("not poisoned");
+        if chunks.first.is_none() {
+            chunks.first = Some(bytes.unbind());
+        } else {
+            chunks.rest.push(bytes.unbind());
+        }
         Ok(())
     }
 
@@ -122,7 +138,7 @@ struct Pickler {
 
 /// One item, pickled.
 struct Pickled {
-    chunks: Vec<Py<PyBytes>>,
+    chunks: Chunks,
     buffers: Vec<Py<PyAny>>,
 }
 
@@ -135,7 +151,7 @@ impl Pickled {
     }
 
     fn write(&self, py: Python<'_>, region: &Region, mut at: usize) -> shmkit::Result<()> {
-        for c in &self.chunks {
+        for c in self.chunks.iter() {
             let bytes = c.bind(py).as_bytes();
             region.write_at(at, bytes)?;
             at += bytes.len();
@@ -145,7 +161,7 @@ impl Pickled {
 
     fn to_vec(&self, py: Python<'_>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len(py));
-        for c in &self.chunks {
+        for c in self.chunks.iter() {
             out.extend_from_slice(c.bind(py).as_bytes());
         }
         out
@@ -270,7 +286,7 @@ impl QueueBase {
                 let sink = Py::new(
                     py,
                     Sink {
-                        chunks: Mutex::new(Vec::new()),
+                        chunks: Mutex::new(Chunks::default()),
                         buffers: Mutex::new(Vec::new()),
                     },
                 )?;
@@ -409,45 +425,55 @@ impl QueueBase {
         Ok(loads.call((pickle,), Some(&kwargs))?.unbind())
     }
 
-    /// Pops up to `max` records as (bytes, flags, buffers), waiting as the
-    /// caller says; empty when the wait ended first.
+    /// Pops up to `max` records, handing each to `f(bytes, flags,
+    /// buffers)`, waiting as the caller says; how many (0 when the wait
+    /// ended first).
     fn pop_raw<'py>(
         &self,
         py: Python<'py>,
         max: usize,
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<Vec<(Bound<'py, PyBytes>, u32, shmkit::Result<Vec<SharedMemory>>)>> {
-        let got = self
+        mut f: impl FnMut(Bound<'py, PyBytes>, u32, Buffers) -> PyResult<()>,
+    ) -> PyResult<usize> {
+        let mut failed: Option<PyErr> = None;
+        let n = self
             .q
-            .pop_records(
-                max,
-                &mut Wait::no_wait(),
-                |region, at, len, flags, buffers| {
-                    PyBytes::new_with(py, len, |b| {
-                        region
-                            .read_at(at, b)
-                            .map_err(|e| PyValueError::new_err(e.to_string()))
-                    })
-                    .map(|b| (b, flags, buffers))
-                },
-            )
+            .pop_each(max, &mut Wait::no_wait(), |region, at, len, flags, buffers| {
+                if failed.is_some() {
+                    return;
+                }
+                let made = PyBytes::new_with(py, len, |b| {
+                    region
+                        .read_at(at, b)
+                        .map_err(|e| PyValueError::new_err(e.to_string()))
+                })
+                .and_then(|b| f(b, flags, buffers));
+                if let Err(e) = made {
+                    failed = Some(e);
+                }
+            })
             .map_err(|e| queue_err(e, self.name_str()))?;
-        if !got.is_empty() || !block {
-            return got.into_iter().collect();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if n > 0 || !block {
+            return Ok(n);
         }
         let q = &self.q;
         let got = blocking(py, self.name_str(), block, timeout, |wait| {
-            q.pop_records(max, wait, |region, at, len, flags, buffers| {
-                region.read_vec(at, len).map(|v| (v, flags, buffers))
-            })
+            let mut got = Vec::new();
+            q.pop_each(max, wait, |region, at, len, flags, buffers| {
+                got.push((region.read_vec(at, len), flags, buffers))
+            })?;
+            Ok(got)
         })?;
-        got.into_iter()
-            .map(|r| {
-                let (v, flags, buffers) = r.map_err(|e| queue_err(e, self.name_str()))?;
-                Ok((PyBytes::new(py, &v), flags, buffers))
-            })
-            .collect()
+        let n = got.len();
+        for (data, flags, buffers) in got {
+            let data = data.map_err(|e| queue_err(e, self.name_str()))?;
+            f(PyBytes::new(py, &data), flags, buffers)?;
+        }
+        Ok(n)
     }
 }
 
@@ -566,7 +592,10 @@ impl QueueBase {
             Err(_) => PyBytes::new(py, &PyBuffer::<u8>::get(data)?.to_vec(py)?),
         };
         let item = Pickled {
-            chunks: vec![bytes.unbind()],
+            chunks: Chunks {
+                first: Some(bytes.unbind()),
+                rest: Vec::new(),
+            },
             buffers: Vec::new(),
         };
         let this = slf.get();
@@ -640,11 +669,16 @@ impl QueueBase {
         Self::check_open(slf)?;
         check_timeout(timeout)?;
         let this = slf.get();
-        let Some((data, flags, buffers)) = this.pop_raw(py, 1, block, timeout)?.pop() else {
-            return Err(PyErr::from_value(globals(py)?.empty.bind(py).call0()?));
-        };
-        let buffers = buffers.map_err(|e| queue_err(e, this.name_str()))?;
-        Self::decode(py, data, flags, buffers)
+        let mut item = None;
+        this.pop_raw(py, 1, block, timeout, |data, flags, buffers| {
+            let buffers = buffers.map_err(|e| queue_err(e, this.name_str()))?;
+            item = Some((data, flags, buffers));
+            Ok(())
+        })?;
+        match item {
+            Some((data, flags, buffers)) => Self::decode(py, data, flags, buffers),
+            None => Err(PyErr::from_value(globals(py)?.empty.bind(py).call0()?)),
+        }
     }
 
     /// `get(False)`.
@@ -664,8 +698,13 @@ impl QueueBase {
         Self::check_open(slf)?;
         check_timeout(timeout)?;
         let this = slf.get();
-        match this.pop_raw(py, 1, block, timeout)?.pop() {
-            Some((data, _, _)) => Ok(data.unbind()),
+        let mut item = None;
+        this.pop_raw(py, 1, block, timeout, |data, _, _| {
+            item = Some(data.unbind());
+            Ok(())
+        })?;
+        match item {
+            Some(data) => Ok(data),
             None => Err(PyErr::from_value(globals(py)?.empty.bind(py).call0()?)),
         }
     }
@@ -684,12 +723,19 @@ impl QueueBase {
         Self::check_open(slf)?;
         check_timeout(timeout)?;
         let this = slf.get();
-        let got = this.pop_raw(py, max_items.max(1), block, timeout)?;
-        if got.is_empty() {
+        // Records are copied out under the consumers' lock and decoded
+        // after it is released, so that unpickling holds up no other
+        // consumer.
+        let mut raw = Vec::new();
+        let n = this.pop_raw(py, max_items.max(1), block, timeout, |data, flags, buffers| {
+            raw.push((data, flags, buffers));
+            Ok(())
+        })?;
+        if n == 0 {
             return Err(PyErr::from_value(globals(py)?.empty.bind(py).call0()?));
         }
         let out = PyList::empty(py);
-        for (data, flags, buffers) in got {
+        for (data, flags, buffers) in raw {
             let buffers = buffers.map_err(|e| queue_err(e, this.name_str()))?;
             out.append(Self::decode(py, data, flags, buffers)?)?;
         }

@@ -11,7 +11,8 @@
 //! queue_peer log QUEUE LOG     pop 8-byte numbers forever; after each, store
 //!                                it in segment LOG: a count at offset 0,
 //!                                the numbers from offset 8
-//! queue_peer bench QUEUE N SIZE  pop N messages, then print the seconds the
+//! queue_peer flood QUEUE N SIZE  push N messages of SIZE bytes
+//! queue_peer bench QUEUE N       pop N messages, then print the seconds the
 //!                                pops took (the other side pushes)
 //! ```
 
@@ -66,6 +67,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let n = count.load(std::sync::atomic::Ordering::Relaxed) as usize;
                 log.write_at(8 + 8 * n, &msg)?;
                 count.store(n as u64 + 1, std::sync::atomic::Ordering::Release);
+            }
+        }
+        "flood" => {
+            let n: usize = arg(2)?.parse()?;
+            let msg = vec![7u8; arg(3)?.parse()?];
+            for _ in 0..n {
+                q.push(&msg)?;
             }
         }
         "bench" => {

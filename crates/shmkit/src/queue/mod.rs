@@ -412,8 +412,24 @@ impl Queue {
         &self,
         max: usize,
         wait: &mut Wait<'_>,
-        read: impl FnMut(&Region, usize, usize, u32, Buffers) -> R,
+        mut read: impl FnMut(&Region, usize, usize, u32, Buffers) -> R,
     ) -> Result<Vec<R>> {
+        let mut out = Vec::new();
+        self.ring()
+            .pop(max, wait, |region, at, len, flags, buffers| {
+                out.push(read(region, at, len, flags, buffers))
+            })?;
+        Ok(out)
+    }
+
+    /// As [`pop_records`](Self::pop_records), with `read` keeping what it
+    /// reads: how many records it was handed.
+    pub fn pop_each(
+        &self,
+        max: usize,
+        wait: &mut Wait<'_>,
+        read: impl FnMut(&Region, usize, usize, u32, Buffers),
+    ) -> Result<usize> {
         self.ring().pop(max, wait, read)
     }
 

@@ -111,9 +111,34 @@ fn notify(word: &AtomicU32) {
     futex::wake(word, u32::MAX);
 }
 
+/// How long a queue wait keeps looking, with CPU pauses in between,
+/// before it goes to the sync helper's short spin and sleep. A producer
+/// and a consumer that keep pace hand items over more often than that,
+/// and each sleep costs its waker a system call; much longer, and a
+/// waiter takes the CPU from the process it waits for, where processes
+/// outnumber CPUs.
+const QUEUE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+
 /// Waits on `word` until `ready()` within the wait's limits; whether it
 /// became ready.
 fn wait_for(word: &AtomicU32, wait: &mut Wait<'_>, ready: impl Fn() -> bool) -> Result<bool> {
+    if ready() {
+        return Ok(true);
+    }
+    if wait.blocks() {
+        let start = std::time::Instant::now();
+        'spin: loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+                if ready() {
+                    return Ok(true);
+                }
+            }
+            if start.elapsed() >= QUEUE_SPIN {
+                break 'spin;
+            }
+        }
+    }
     let got = block_on(word, wait, |sleeping| {
         if ready() {
             return Step::Done(());
@@ -529,26 +554,25 @@ impl<'a> Ring<'a> {
 
     /// Pops up to `max` records (at least one, waiting within the wait's
     /// limits), each handed to `read(region, offset, len, flags,
-    /// buffers)`, whose results are returned; empty when the wait ended
-    /// first.
-    pub(crate) fn pop<R>(
+    /// buffers)`; how many (0 when the wait ended first).
+    pub(crate) fn pop(
         &self,
         max: usize,
         wait: &mut Wait<'_>,
-        mut read: impl FnMut(&Region, usize, usize, u32, Buffers) -> R,
-    ) -> Result<Vec<R>> {
-        let mut out = Vec::new();
+        mut read: impl FnMut(&Region, usize, usize, u32, Buffers),
+    ) -> Result<usize> {
+        let mut count = 0;
         if max == 0 {
-            return Ok(out);
+            return Ok(0);
         }
         loop {
             let Some(held) = self.lock_consumers(wait)? else {
-                return Ok(out);
+                return Ok(count);
             };
             let tail = self.word(self.tail, Ordering::Acquire)?;
             let mut published = self.word(self.head, Ordering::Relaxed)?;
             let mut head = published;
-            while out.len() < max {
+            while count < max {
                 let Some(rec) = self.peek(head, tail)? else {
                     break;
                 };
@@ -570,13 +594,14 @@ impl<'a> Ring<'a> {
                     None
                 };
                 let has_buffers = buffers.is_some();
-                out.push(read(
+                read(
                     self.region,
                     at,
                     len,
                     rec.flags,
                     buffers.unwrap_or(Ok(Vec::new())),
-                ));
+                );
+                count += 1;
                 head = join(split(head).0.wrapping_add(1), rec.next);
                 if has_buffers {
                     self.head.store(head, Ordering::Release);
@@ -588,12 +613,12 @@ impl<'a> Ring<'a> {
                 self.head.store(head, Ordering::Release);
             }
             drop(held);
-            if !out.is_empty() {
+            if count > 0 {
                 notify(self.not_full);
-                return Ok(out);
+                return Ok(count);
             }
             if !wait_for(self.not_empty, wait, || self.has_items())? {
-                return Ok(out);
+                return Ok(0);
             }
         }
     }
