@@ -33,16 +33,27 @@ __all__ = ["Empty", "Full", "JoinableQueue", "Queue", "SimpleQueue"]
 _OOB_THRESHOLD = 64 << 10
 
 
-def _make_pickler(sink):
-    """A protocol-5 pickler writing to ``sink``, with ``ForkingPickler``'s
-    reducers (the native put keeps it, and asks for a new one when a
-    reducer is registered)."""
+class _File:
+    """A pickler's file: ``write`` appends to a list the caller reads."""
+
+    __slots__ = ("write",)
+
+
+def _make_pickler(buffer_callback):
+    """A protocol-5 pickler with ``ForkingPickler``'s reducers: its bound
+    ``dump`` and ``clear_memo``, and the list its output lands in. The
+    native put keeps it, and asks for a new one when a reducer is
+    registered."""
     from multiprocessing.reduction import ForkingPickler
 
     table = copyreg.dispatch_table.copy()
     table.update(ForkingPickler._extra_reducers)
     cls = type("_QueuePickler", (pickle.Pickler,), {"dispatch_table": table})
-    return cls(sink, 5, buffer_callback=sink.buffer)
+    chunks = []
+    file = _File()
+    file.write = chunks.append
+    pickler = cls(file, 5, buffer_callback=buffer_callback)
+    return pickler.dump, pickler.clear_memo, chunks
 
 
 def _bytes_from(buf):

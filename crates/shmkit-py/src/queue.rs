@@ -70,12 +70,13 @@ fn globals(py: Python<'_>) -> PyResult<&Globals> {
     })
 }
 
-/// Where the pickler writes: the pickle's chunks (one, for all but huge
-/// pickles) and the out-of-band buffers it hands over.
+/// The pickler's `buffer_callback`: takes the out-of-band buffers it is
+/// handed.
 #[pyclass(frozen, module = "shmkit._shmkit")]
 pub(crate) struct Sink {
-    chunks: Mutex<Chunks>,
     buffers: Mutex<Vec<Py<PyAny>>>,
+    /// Whether `buffers` may hold something (saves the lock otherwise).
+    any: AtomicBool,
 }
 
 /// A pickle's chunks: one, but for huge pickles, which the pickler writes
@@ -90,31 +91,21 @@ impl Chunks {
     fn iter(&self) -> impl Iterator<Item = &Py<PyBytes>> {
         self.first.iter().chain(&self.rest)
     }
+
+    fn push(&mut self, bytes: Py<PyBytes>) {
+        if self.first.is_none() {
+            self.first = Some(bytes);
+        } else {
+            self.rest.push(bytes);
+        }
+    }
 }
 
 #[pymethods]
 impl Sink {
-    /// The file method the pickler writes through.
-    fn write(&self, data: Bound<'_, PyAny>) -> PyResult<()> {
-        let bytes = match data.cast_into::<PyBytes>() {
-            Ok(b) => b,
-            Err(e) => {
-                let data = e.into_inner();
-                PyBytes::new(data.py(), &PyBuffer::<u8>::get(&data)?.to_vec(data.py())?)
-            }
-        };
-        let mut chunks = self.chunks.lock().expect("not poisoned");
-        if chunks.first.is_none() {
-            chunks.first = Some(bytes.unbind());
-        } else {
-            chunks.rest.push(bytes.unbind());
-        }
-        Ok(())
-    }
-
-    /// The pickler's `buffer_callback`: keeps a large buffer out of band
-    /// (returns False), lets a small one be pickled in band (True).
-    fn buffer(&self, pb: Bound<'_, PyAny>) -> PyResult<bool> {
+    /// Keeps a large buffer out of band (returns False), lets a small one
+    /// be pickled in band (True).
+    fn __call__(&self, pb: Bound<'_, PyAny>) -> PyResult<bool> {
         let raw = pb.call_method0("raw")?;
         if raw.len()? < OOB_THRESHOLD {
             return Ok(true);
@@ -123,15 +114,19 @@ impl Sink {
             .lock()
             .expect("not poisoned")
             .push(raw.unbind());
+        self.any.store(true, Ordering::Relaxed);
         Ok(false)
     }
 }
 
-/// A pickler kept between puts, with the sizes of the reducer tables it
-/// was built from (a registration since makes a new one).
+/// A pickler kept between puts: its bound `dump` and `clear_memo`, the
+/// list its file's `write` appends to, its buffer callback, and the sizes
+/// of the reducer tables it was built from (a registration since makes a
+/// new one).
 struct Pickler {
     dump: Py<PyAny>,
     clear_memo: Py<PyAny>,
+    chunks: Py<PyList>,
     sink: Py<Sink>,
     tables: (usize, usize),
 }
@@ -286,14 +281,17 @@ impl QueueBase {
                 let sink = Py::new(
                     py,
                     Sink {
-                        chunks: Mutex::new(Chunks::default()),
                         buffers: Mutex::new(Vec::new()),
+                        any: AtomicBool::new(false),
                     },
                 )?;
-                let pickler = g.make_pickler.bind(py).call1((sink.clone_ref(py),))?;
+                let made = g.make_pickler.bind(py).call1((sink.clone_ref(py),))?;
+                let (dump, clear_memo, chunks): (Py<PyAny>, Py<PyAny>, Py<PyList>) =
+                    made.extract()?;
                 Pickler {
-                    dump: pickler.getattr("dump")?.unbind(),
-                    clear_memo: pickler.getattr("clear_memo")?.unbind(),
+                    dump,
+                    clear_memo,
+                    chunks,
                     sink,
                     tables,
                 }
@@ -301,13 +299,35 @@ impl QueueBase {
         };
         let dumped = p.dump.bind(py).call1((obj,));
         let _ = p.clear_memo.bind(py).call0();
+        let list = p.chunks.bind(py);
+        let mut chunks = Chunks::default();
+        let mut taken = Ok(());
+        for chunk in list.iter() {
+            match chunk.cast_into::<PyBytes>() {
+                Ok(b) => chunks.push(b.unbind()),
+                Err(e) => {
+                    let data = e.into_inner();
+                    match PyBuffer::<u8>::get(&data).and_then(|b| b.to_vec(py)) {
+                        Ok(v) => chunks.push(PyBytes::new(py, &v).unbind()),
+                        Err(e) => taken = Err(e),
+                    }
+                }
+            }
+        }
+        if !list.is_empty() {
+            list.del_slice(0, list.len())?;
+        }
         let sink = p.sink.get();
-        let chunks = std::mem::take(&mut *sink.chunks.lock().expect("not poisoned"));
-        let buffers = std::mem::take(&mut *sink.buffers.lock().expect("not poisoned"));
+        let buffers = if sink.any.swap(false, Ordering::Relaxed) {
+            std::mem::take(&mut *sink.buffers.lock().expect("not poisoned"))
+        } else {
+            Vec::new()
+        };
         if let Ok(mut slot) = self.pickler.try_lock() {
             *slot = Some(p);
         }
         dumped?;
+        taken?;
         Ok(Pickled { chunks, buffers })
     }
 
