@@ -625,3 +625,32 @@ def test_producers_and_consumers_killed_at_random_lose_at_most_their_item(qname,
             q.unlink()
             for entry in leftovers(name):
                 h.remove_segment(entry)
+
+
+# --------------------------------------------------------------------------
+# The shmkit command
+
+
+def _shmkit_cmd(*args):
+    proc = subprocess.run(
+        [sys.executable, "-m", "shmkit", *args], capture_output=True, text=True, env=h.child_env()
+    )
+    assert proc.returncode == 0, h.describe(proc)
+    return proc.stdout
+
+
+def test_ls_and_show_decode_a_queue(qname):
+    import json
+
+    q = make(qname, maxsize=5, capacity=8192)
+    q.put("x")
+    q.put_bytes(b"abc")
+    line = [ln for ln in _shmkit_cmd("ls").splitlines() if ln.startswith(qname)]
+    assert len(line) == 1 and "queue[2/5, 40B of 8.0K]" in line[0], line
+    text = _shmkit_cmd("show", qname)
+    assert "items:          2" in text and "ring:           40 of 8192 bytes" in text, text
+    state = json.loads(_shmkit_cmd("show", "--json", qname))
+    assert (state["kind"], state["len"], state["max_items"], state["capacity"]) == ("queue", 2, 5, 8192)
+    q.get()
+    assert json.loads(_shmkit_cmd("show", "--json", qname))["len"] == 1
+    q.unlink()

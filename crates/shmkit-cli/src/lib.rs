@@ -26,6 +26,7 @@ mod ls;
 mod out;
 mod serve;
 mod show;
+mod show_queue;
 
 /// Exit status: the command did what was asked.
 pub const EXIT_OK: i32 = 0;

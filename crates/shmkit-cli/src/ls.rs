@@ -125,6 +125,14 @@ enum Holds {
         items: usize,
     },
     Semaphore,
+    Queue {
+        items: u32,
+        max_items: u64,
+        used: u32,
+        capacity: u64,
+        #[serde(skip)]
+        text: String,
+    },
     Data,
     /// The segment could not be read (no permission).
     Unreadable {
@@ -134,6 +142,15 @@ enum Holds {
 
 impl Holds {
     fn of(segment: &SegmentInfo) -> Holds {
+        if let Some(Ok(q)) = crate::show_queue::state(&segment.name) {
+            return Holds::Queue {
+                items: q.len,
+                max_items: q.max_items,
+                used: q.used,
+                capacity: q.capacity,
+                text: crate::show_queue::holds_text(&q),
+            };
+        }
         match inspect::contents(&segment.name) {
             Ok(Contents::Empty) => Holds::Empty,
             Ok(Contents::ShareableList { len }) => Holds::ShareableList { items: len },
@@ -150,6 +167,7 @@ impl Holds {
             Holds::Empty => "empty".to_owned(),
             Holds::ShareableList { items } => format!("ShareableList[{items}]"),
             Holds::Semaphore => "semaphore".to_owned(),
+            Holds::Queue { text, .. } => text.clone(),
             Holds::Data => "data".to_owned(),
             Holds::Unreadable { .. } => "?".to_owned(),
         }

@@ -21,6 +21,9 @@ const DEFAULT_HEX: usize = 4096;
 pub fn run(args: &Args) -> i32 {
     let hex = args.hex || args.offset.is_some() || args.length.is_some();
     if !hex {
+        if let Some(rc) = crate::show_queue::show(&args.name, args.json) {
+            return rc;
+        }
         match inspect::read_list(&args.name) {
             Ok(Some(list)) => return show_list(args, &list),
             Ok(None) => {}

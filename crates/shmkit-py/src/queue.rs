@@ -315,7 +315,12 @@ impl QueueBase {
             }
         }
         if !list.is_empty() {
-            list.del_slice(0, list.len())?;
+            // SAFETY: `list` is a live list (we hold it, and the GIL);
+            // setting a slice to NULL deletes it, without the slice object
+            // `del_slice` would make.
+            if unsafe { pyo3::ffi::PyList_SetSlice(list.as_ptr(), 0, list.len() as isize, std::ptr::null_mut()) } != 0 {
+                return Err(PyErr::fetch(py));
+            }
         }
         let sink = p.sink.get();
         let buffers = if sink.any.swap(false, Ordering::Relaxed) {
