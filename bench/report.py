@@ -52,6 +52,17 @@ ABOUT = {
         "1 000 segments against **direct**: unlinking the same 1 000 segments from "
         "the client process. Wall clock (two processes do the work)."
     ),
+    "queues": (
+        "`shmkit.queues.Queue` against `multiprocessing.Queue` (**stdlib**), "
+        "`faster_fifo.Queue` (one `put`/`get` per item) and, for small items, "
+        "`pickle.dumps` + `pickle.loads` of the item alone (**pickle**, one process). "
+        "Worker processes are forked before the clock; per item: the tuple "
+        "`(1, \"abc\", 2.5, b\"x\" * 32)` 1 → 1, in batches of 1 000 "
+        "(`put_many`/`get_many`), 4 producers × 4 consumers, a 64 MiB int64 array "
+        "(the consumer sums one item per page), a ping-pong round trip over two "
+        "queues, and 64-byte messages through the Rust API between two processes "
+        "(the `queue_peer` example). Wall clock."
+    ),
     "rust": (
         "`cargo bench -p shmkit-bench` (criterion, `bench/benches/`): the same "
         "operations through the Rust crate, without Python; the lifecycle rows "
@@ -64,6 +75,7 @@ SHORT = {
     "handoff": "hand to a child",
     "shareable_list": "ShareableList",
     "managers": "manager",
+    "queues": "queue",
     "rust": "Rust",
 }
 # Why a target can read "not met", for the report's list of misses. Each says
@@ -90,6 +102,13 @@ WHY = {
         "process; the stdlib's 7-11 ms varies more than that between runs, so the "
         "ratio sits at the line"),
     ("managers", "shutdown"): ("see #5"),
+    ("queues", "numpy"): (
+        "each array is copied once into a fresh segment, whose pages the kernel "
+        "must zero and fault in; on this machine faulting in fresh pages costs "
+        "about what the copy does, and the stdlib's pipe copies overlap with them"),
+    ("queues", "small"): (
+        "both processes run Python and pickle; on a loaded 2-CPU machine the "
+        "two processes share CPUs with the rest, while pickle alone runs in one"),
 }
 RUNTIME_COLORS = {"3.11": "#3b6fb6", "3.13": "#e08a2c", "Rust": "#7a7a7a"}
 
@@ -334,7 +353,7 @@ def chart(results, path):
     handles = [matplotlib.patches.Patch(color=RUNTIME_COLORS[rt], label=runtime_name(rt))
                for rt in runtimes]
     handles.append(matplotlib.lines.Line2D([], [], color="crimson", lw=2.2,
-                                           label="target (issues #2–#5)"))
+                                           label="target (issues #2–#5, #16)"))
     m = results["meta"]
     fig.suptitle(f"shmkit vs multiprocessing.shared_memory — {m['cpu']}, {m['cores']} cores, "
                  f"{m['date']}", x=0.01, y=0.995, ha="left", va="top", fontsize=11)

@@ -50,6 +50,7 @@ GROUPS: tuple[tuple[str, str, list[str]], ...] = (
     ("handoff", "handoff.py", []),
     ("shareable_list", "shareable_list.py", []),
     ("managers", "managers.py", []),
+    ("queues", "queues.py", []),
 )
 PYTHONS = ("3.11", "3.13")
 # Criterion's own arguments: no HTML plots (only the medians are read);

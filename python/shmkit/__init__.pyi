@@ -1,4 +1,5 @@
 from . import managers as managers
+from . import queues as queues
 from . import shared_memory as shared_memory
 from .managers import SharedMemoryManager as SharedMemoryManager
 from .shared_memory import ShareableList as ShareableList
@@ -10,6 +11,7 @@ __all__ = [
     "SharedMemoryManager",
     "install",
     "managers",
+    "queues",
     "shared_memory",
     "uninstall",
     "__version__",

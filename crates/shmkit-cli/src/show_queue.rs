@@ -117,8 +117,16 @@ pub fn show(name: &str, json: bool) -> Option<i32> {
     o.line(&format!("  consumers' lock: {}", holder(state.consumer)));
     o.line(&format!(
         "  sleepers:       producers {}, consumers {}",
-        if state.producers_waiting { "may wait" } else { "none" },
-        if state.consumers_waiting { "may wait" } else { "none" }
+        if state.producers_waiting {
+            "may wait"
+        } else {
+            "none"
+        },
+        if state.consumers_waiting {
+            "may wait"
+        } else {
+            "none"
+        }
     ));
     if state.pending || state.taking {
         o.line(

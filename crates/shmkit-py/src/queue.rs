@@ -318,7 +318,15 @@ impl QueueBase {
             // SAFETY: `list` is a live list (we hold it, and the GIL);
             // setting a slice to NULL deletes it, without the slice object
             // `del_slice` would make.
-            if unsafe { pyo3::ffi::PyList_SetSlice(list.as_ptr(), 0, list.len() as isize, std::ptr::null_mut()) } != 0 {
+            if unsafe {
+                pyo3::ffi::PyList_SetSlice(
+                    list.as_ptr(),
+                    0,
+                    list.len() as isize,
+                    std::ptr::null_mut(),
+                )
+            } != 0
+            {
                 return Err(PyErr::fetch(py));
             }
         }
@@ -464,20 +472,24 @@ impl QueueBase {
         let mut failed: Option<PyErr> = None;
         let n = self
             .q
-            .pop_each(max, &mut Wait::no_wait(), |region, at, len, flags, buffers| {
-                if failed.is_some() {
-                    return;
-                }
-                let made = PyBytes::new_with(py, len, |b| {
-                    region
-                        .read_at(at, b)
-                        .map_err(|e| PyValueError::new_err(e.to_string()))
-                })
-                .and_then(|b| f(b, flags, buffers));
-                if let Err(e) = made {
-                    failed = Some(e);
-                }
-            })
+            .pop_each(
+                max,
+                &mut Wait::no_wait(),
+                |region, at, len, flags, buffers| {
+                    if failed.is_some() {
+                        return;
+                    }
+                    let made = PyBytes::new_with(py, len, |b| {
+                        region
+                            .read_at(at, b)
+                            .map_err(|e| PyValueError::new_err(e.to_string()))
+                    })
+                    .and_then(|b| f(b, flags, buffers));
+                    if let Err(e) = made {
+                        failed = Some(e);
+                    }
+                },
+            )
             .map_err(|e| queue_err(e, self.name_str()))?;
         if let Some(e) = failed {
             return Err(e);
@@ -752,10 +764,16 @@ impl QueueBase {
         // after it is released, so that unpickling holds up no other
         // consumer.
         let mut raw = Vec::new();
-        let n = this.pop_raw(py, max_items.max(1), block, timeout, |data, flags, buffers| {
-            raw.push((data, flags, buffers));
-            Ok(())
-        })?;
+        let n = this.pop_raw(
+            py,
+            max_items.max(1),
+            block,
+            timeout,
+            |data, flags, buffers| {
+                raw.push((data, flags, buffers));
+                Ok(())
+            },
+        )?;
         if n == 0 {
             return Err(PyErr::from_value(globals(py)?.empty.bind(py).call0()?));
         }
