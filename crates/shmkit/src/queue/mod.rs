@@ -3,9 +3,9 @@
 //! same segment: Rust pushes arrive in Python as `bytes`).
 //!
 //! A queue is a segment of its own, named like any
-//! [`SharedMemory`](crate::SharedMemory) and marked `Kind::Queue` by the
+//! [`SharedMemory`] and marked `Kind::Queue` by the
 //! [`object`](crate::object) header: a control block and a ring of
-//! records (see [`layout`](self#layout) below and the `layout` module).
+//! records (the `layout` module describes them).
 //! Its memory is bounded twice: the ring's byte capacity, and optionally
 //! a number of items.
 //!
@@ -469,7 +469,7 @@ mod tests {
         let mut expect = 0u32;
         for round in 0..200 {
             let len = (round * 7) % 60;
-            let msg: Vec<u8> = std::iter::repeat(next as u8).take(len).collect();
+            let msg: Vec<u8> = vec![next as u8; len];
             if q.try_push(&msg).unwrap() {
                 next += 1;
             } else {
