@@ -365,7 +365,7 @@ def queue_peer():
     return binary
 
 
-def rust(rounds, n):
+def rust(rounds, n, many=False):
     binary = queue_peer()
     if binary is None:
         common.log("queue_peer cannot be built (no cargo): no Rust row")
@@ -376,9 +376,10 @@ def rust(rounds, n):
     for r in range(rounds + 1):
         q = Queue(capacity=4 * MiB, track=False)
         try:
-            consumer = subprocess.Popen([binary, "bench", q.name, str(n)], stdout=subprocess.PIPE,
+            pop, push = ("bench-many", "flood-many") if many else ("bench", "flood")
+            consumer = subprocess.Popen([binary, pop, q.name, str(n)], stdout=subprocess.PIPE,
                                         text=True)
-            producer = subprocess.run([binary, "flood", q.name, str(n), "64"])
+            producer = subprocess.run([binary, push, q.name, str(n), "64"])
             out, _ = consumer.communicate(timeout=120)
             if producer.returncode or consumer.returncode:
                 raise RuntimeError("queue_peer failed")
@@ -387,8 +388,10 @@ def rust(rounds, n):
         finally:
             q.unlink()
         common.progress(r, rounds + 1, True)
+    how = "push_many/pop_each of up to 256" if many else "one push/pop each"
     return common.make_row(
-        "rust", "Rust, 64-byte messages 1 → 1, per message", samples, {},
+        "rust_many" if many else "rust", f"Rust, 64-byte messages 1 → 1 ({how}), per message",
+        samples, {},
         [common.Target(16, "median_ns", None, "<=", 200.0, "≥ 5 M messages/s (≤ 200 ns)")])
 
 
@@ -407,9 +410,10 @@ def main():
         arrays(kinds, args.rounds, 8 if q else 64, 1 if q else 4),
         pingpong(kinds, args.rounds, 200 if q else 5_000),
     ]
-    row = rust(args.rounds, 100_000 if q else 5_000_000)
-    if row is not None:
-        rows.append(row)
+    for many in (False, True):
+        row = rust(args.rounds, 100_000 if q else 5_000_000, many)
+        if row is not None:
+            rows.append(row)
     notes = []
     for row in rows:
         res = row["results"]

@@ -297,6 +297,17 @@ def test_an_unrelated_process_attaches_by_name(qname):
     q.unlink()
 
 
+def test_a_queue_its_creator_left_behind_is_removed_by_the_tracker(qname):
+    code = (
+        "import sys; from shmkit.queues import Queue\n"
+        "q = Queue(name=sys.argv[1], create=True)\n"
+        "q.put(b'left behind')\n"
+    )
+    proc = h.run_python(code, args=(qname,))
+    assert proc.returncode == 0, h.describe(proc)
+    assert h.wait_gone(qname, 30), "the tracker did not remove the queue"
+
+
 def _many_producer(q, tag, n):
     for i in range(0, n, 10):
         if i % 20:

@@ -12,6 +12,8 @@
 //!                                it in segment LOG: a count at offset 0,
 //!                                the numbers from offset 8
 //! queue_peer flood QUEUE N SIZE  push N messages of SIZE bytes
+//! queue_peer flood-many QUEUE N SIZE   the same, 256 at a time (push_many)
+//! queue_peer bench-many QUEUE N        the same as bench, up to 256 at a time
 //! queue_peer bench QUEUE N       pop N messages, then print the seconds the
 //!                                pops took (the other side pushes)
 //! ```
@@ -75,6 +77,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..n {
                 q.push(&msg)?;
             }
+        }
+        "flood-many" => {
+            let n: usize = arg(2)?.parse()?;
+            let msg = vec![7u8; arg(3)?.parse()?];
+            let batch = vec![msg.as_slice(); 256];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(256);
+                q.push_many(&batch[..k])?;
+                left -= k;
+            }
+        }
+        "bench-many" => {
+            let n: usize = arg(2)?.parse()?;
+            let mut buf = vec![0u8; q.max_message()];
+            let mut pop = |max: usize| {
+                q.pop_each(
+                    max,
+                    &mut shmkit::sync::Wait::forever(),
+                    |region, at, len, _, _| {
+                        let _ = region.read_at(at, &mut buf[..len]);
+                    },
+                )
+            };
+            let mut got = pop(1)?;
+            let start = Instant::now();
+            while got < n {
+                got += pop((n - got).min(256))?;
+            }
+            say(&format!("{}", start.elapsed().as_secs_f64()));
         }
         "bench" => {
             let n: usize = arg(2)?.parse()?;
