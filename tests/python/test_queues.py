@@ -319,13 +319,21 @@ def _many_producer(q, tag, n):
 
 
 def _many_consumer(q, out):
+    """Takes batches until it sees an end marker (one per producer); the
+    markers beyond its own go back for the other consumers."""
     got = []
     while True:
+        ends = 0
         for item in q.get_many(50):
             if item is None:
-                out.put(got)
-                return
-            got.append(item)
+                ends += 1
+            else:
+                got.append(item)
+        if ends:
+            for _ in range(ends - 1):
+                q.put(None)
+            out.put(got)
+            return
 
 
 def test_many_producers_and_consumers_account_for_every_item(qname):
