@@ -410,8 +410,8 @@ def main():
         arrays(kinds, args.rounds, 8 if q else 64, 1 if q else 4),
         pingpong(kinds, args.rounds, 200 if q else 5_000),
     ]
-    for many in (False, True):
-        row = rust(args.rounds, 100_000 if q else 5_000_000, many)
+    for batched in (False, True):
+        row = rust(args.rounds, 100_000 if q else 5_000_000, batched)
         if row is not None:
             rows.append(row)
     notes = []
