@@ -13,7 +13,7 @@ PYTHONS ?= 3.11 3.13
 SUPPORTED_PYTHONS := 3.9 3.10 3.11 3.12 3.13
 WHEEL_PYTHONS ?= $(filter-out $(PYTHONS),$(SUPPORTED_PYTHONS))
 DEMO_PYTHON ?= 3.11
-PIP_PACKAGES := maturin pytest numpy hypothesis mypy matplotlib joblib SharedArray posix_ipc shmlock
+PIP_PACKAGES := maturin pytest numpy hypothesis mypy matplotlib joblib SharedArray posix_ipc shmlock faster-fifo
 CARGO_TEST_CRATES := -p shmkit -p shmkit-cli -p shmkit-bench
 
 .PRECIOUS: .venv-%/.installed .venv-%/.developed

@@ -67,6 +67,17 @@ ABOUT = {
         "between two processes over two semaphores (wall clock); and the time from a "
         "holder's SIGKILL to the next acquirer holding the lock (wall clock)."
     ),
+    "queues": (
+        "`shmkit.queues.Queue` against `multiprocessing.Queue` (**stdlib**), "
+        "`faster_fifo.Queue` (one `put`/`get` per item) and, for small items, "
+        "`pickle.dumps` + `pickle.loads` of the item alone (**pickle**, one process). "
+        "Worker processes are forked before the clock; per item: the tuple "
+        "`(1, \"abc\", 2.5, b\"x\" * 32)` 1 → 1, in batches of 1 000 "
+        "(`put_many`/`get_many`), 4 producers × 4 consumers, a 64 MiB int64 array "
+        "(the consumer sums one item per page), a ping-pong round trip over two "
+        "queues, and 64-byte messages through the Rust API between two processes "
+        "(the `queue_peer` example). Wall clock."
+    ),
     "rust": (
         "`cargo bench -p shmkit-bench` (criterion, `bench/benches/`): the same "
         "operations through the Rust crate, without Python; the lifecycle rows "
@@ -81,6 +92,7 @@ SHORT = {
     "managers": "manager",
     "arrays": "numpy arrays",
     "sync": "locks",
+    "queues": "queue",
     "rust": "Rust",
 }
 # Why a target can read "not met", for the report's list of misses. Each says
@@ -112,6 +124,13 @@ WHY = {
         "touch), which no way of handing it over avoids: the ratio cannot exceed "
         "the stdlib's time over the sum's own; the hand-over alone is the row "
         "with a worker that only reads the length"),
+    ("queues", "numpy"): (
+        "each array is copied once into a fresh segment, whose pages the kernel "
+        "must zero and fault in; on this machine faulting in fresh pages costs "
+        "about what the copy does, and the stdlib's pipe copies overlap with them"),
+    ("queues", "small"): (
+        "both processes run Python and pickle; on a loaded 2-CPU machine the "
+        "two processes share CPUs with the rest, while pickle alone runs in one"),
 }
 RUNTIME_COLORS = {"3.11": "#3b6fb6", "3.13": "#e08a2c", "Rust": "#7a7a7a"}
 
@@ -356,7 +375,7 @@ def chart(results, path):
     handles = [matplotlib.patches.Patch(color=RUNTIME_COLORS[rt], label=runtime_name(rt))
                for rt in runtimes]
     handles.append(matplotlib.lines.Line2D([], [], color="crimson", lw=2.2,
-                                           label="target (issues #2–#5)"))
+                                           label="target (issues #2–#5, #16)"))
     m = results["meta"]
     fig.suptitle(f"shmkit vs multiprocessing.shared_memory — {m['cpu']}, {m['cores']} cores, "
                  f"{m['date']}", x=0.01, y=0.995, ha="left", va="top", fontsize=11)

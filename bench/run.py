@@ -52,6 +52,7 @@ GROUPS: tuple[tuple[str, str, list[str]], ...] = (
     ("managers", "managers.py", []),
     ("arrays", "arrays.py", []),
     ("sync", "sync.py", []),
+    ("queues", "queues.py", []),
 )
 PYTHONS = ("3.11", "3.13")
 # Criterion's own arguments: no HTML plots (only the medians are read);

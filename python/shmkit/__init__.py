@@ -3,7 +3,8 @@
 ``from shmkit import shared_memory`` is a drop-in for
 ``from multiprocessing import shared_memory``, and
 ``from shmkit.managers import SharedMemoryManager`` for the stdlib's
-manager. ``shmkit.install()`` makes the stdlib's names resolve to these, in
+manager; ``shmkit.queues`` has queues in shared memory with
+``multiprocessing.Queue``'s API. ``shmkit.install()`` makes the stdlib's names resolve to these, in
 this process and in the processes it starts, so that unmodified code and
 libraries use shmkit; ``shmkit.uninstall()`` undoes it. Every difference
 from CPython is listed in ``docs/compat.md``.
@@ -19,6 +20,7 @@ __all__ = [
     "SharedMemoryManager",
     "install",
     "managers",
+    "queues",
     "shared_memory",
     "uninstall",
     "__version__",
@@ -29,6 +31,10 @@ def __getattr__(name):
     # Imported on first use: shmkit.managers imports multiprocessing's
     # machinery, and importlib.metadata alone would double the import time
     # of shmkit, which every child of an install()ed process pays.
+    if name == "queues":
+        import importlib
+
+        return importlib.import_module(".queues", __name__)
     if name in ("managers", "SharedMemoryManager"):
         import importlib
 

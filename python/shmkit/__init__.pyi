@@ -1,4 +1,5 @@
 from . import managers as managers
+from . import queues as queues
 from . import shared_memory as shared_memory
 from . import sync as sync
 from .managers import SharedMemoryManager as SharedMemoryManager
@@ -11,6 +12,7 @@ __all__ = [
     "SharedMemoryManager",
     "install",
     "managers",
+    "queues",
     "shared_memory",
     "uninstall",
     "__version__",

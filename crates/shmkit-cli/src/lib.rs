@@ -28,6 +28,7 @@ mod serve;
 mod show;
 mod show_array;
 mod show_object;
+mod show_queue;
 
 /// Exit status: the command did what was asked.
 pub const EXIT_OK: i32 = 0;

@@ -133,6 +133,14 @@ enum Holds {
     Object {
         object: &'static str,
     },
+    Queue {
+        items: u32,
+        max_items: u64,
+        used: u32,
+        capacity: u64,
+        #[serde(skip)]
+        text: String,
+    },
     Data,
     /// The segment could not be read (no permission).
     Unreadable {
@@ -144,6 +152,15 @@ impl Holds {
     fn of(segment: &SegmentInfo) -> Holds {
         if let Some(array) = crate::show_array::holds(&segment.name) {
             return Holds::Array { array };
+        }
+        if let Some(Ok(q)) = crate::show_queue::state(&segment.name) {
+            return Holds::Queue {
+                items: q.len,
+                max_items: q.max_items,
+                used: q.used,
+                capacity: q.capacity,
+                text: crate::show_queue::holds_text(&q),
+            };
         }
         match inspect::contents(&segment.name) {
             Ok(Contents::Empty) => Holds::Empty,
@@ -166,6 +183,7 @@ impl Holds {
             Holds::Semaphore => "semaphore".to_owned(),
             Holds::Array { array } => array.clone(),
             Holds::Object { object } => format!("shmkit {object}"),
+            Holds::Queue { text, .. } => text.clone(),
             Holds::Data => "data".to_owned(),
             Holds::Unreadable { .. } => "?".to_owned(),
         }

@@ -28,6 +28,9 @@ pub fn run(args: &Args) -> i32 {
         if let Some(status) = crate::show_object::show(&args.name, args.json) {
             return status;
         }
+        if let Some(rc) = crate::show_queue::show(&args.name, args.json) {
+            return rc;
+        }
         match inspect::read_list(&args.name) {
             Ok(Some(list)) => return show_list(args, &list),
             Ok(None) => {}

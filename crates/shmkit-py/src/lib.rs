@@ -13,6 +13,7 @@ use crate::errors::to_pyerr;
 mod array;
 mod errors;
 mod manager;
+mod queue;
 mod segment;
 mod shareable_list;
 mod shared_memory;
@@ -93,6 +94,8 @@ fn _shmkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared_memory::SharedMemoryBase>()?;
     m.add_class::<shareable_list::ShareableListBase>()?;
     m.add_class::<manager::ManagerClient>()?;
+    m.add_class::<queue::QueueBase>()?;
+    m.add_class::<queue::Sink>()?;
     m.add_class::<manager::PyRelayClient>()?;
     m.add_function(wrap_pyfunction!(manager::manager_child_settings, m)?)?;
     m.add_function(wrap_pyfunction!(manager::manager_child_address, m)?)?;

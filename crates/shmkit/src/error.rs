@@ -167,6 +167,23 @@ pub enum Error {
     /// Flags that cannot be combined.
     #[error("invalid flags: {0}")]
     InvalidFlags(&'static str),
+    /// A queue message does not fit the queue's ring even when it is empty.
+    #[error("a message of {size} bytes does not fit a queue whose largest message is {max} bytes")]
+    MessageTooLarge {
+        /// The message's length in bytes.
+        size: usize,
+        /// The largest message the queue takes.
+        max: usize,
+    },
+    /// A queue's shared state holds something no queue writes: another
+    /// program wrote over it.
+    #[error("queue {name:?} is corrupt: {what}")]
+    Corrupt {
+        /// The queue's segment name.
+        name: String,
+        /// What was found wrong.
+        what: &'static str,
+    },
     /// A [`ShareableList`](crate::ShareableList) operation was refused.
     #[cfg(feature = "list")]
     #[error(transparent)]

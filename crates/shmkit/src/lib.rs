@@ -41,6 +41,8 @@ pub mod object;
 pub mod pyexc;
 #[cfg(feature = "list")]
 pub mod pyrepr;
+#[cfg(feature = "queue")]
+pub mod queue;
 #[allow(unsafe_code)]
 mod region;
 mod shared_memory;

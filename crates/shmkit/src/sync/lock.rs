@@ -17,7 +17,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 
 use super::handle::Handle;
-use super::wait::{Wait, SPINS};
+use super::wait::{spin, Wait};
 use super::{Acquired, OwnerDied};
 use crate::object::Kind;
 use crate::sys::futex::tid;
@@ -144,15 +144,18 @@ impl<'a> LockState<'a> {
         if !wait.blocks() {
             return Ok(None);
         }
-        for _ in 0..SPINS {
-            std::hint::spin_loop();
-            if self.owner() == 0 {
-                match self.mutex.try_lock() {
-                    Ok(l) => return Ok(Some(self.taken(l))),
-                    Err(Errno::BUSY) => {}
-                    Err(e) => return Err(errno("pthread_mutex_trylock", e)),
-                }
+        let spun = spin(|| {
+            if self.owner() != 0 {
+                return None;
             }
+            match self.mutex.try_lock() {
+                Ok(l) => Some(Ok(self.taken(l))),
+                Err(Errno::BUSY) => None,
+                Err(e) => Some(Err(errno("pthread_mutex_trylock", e))),
+            }
+        });
+        if let Some(got) = spun {
+            return got.map(Some);
         }
         loop {
             let Some(slice) = wait.slice() else {

@@ -49,6 +49,14 @@ pub use lock::{Lock, LockGuard, RLock, RLockGuard, LOCK_SIZE};
 pub use semaphore::{BoundedSemaphore, Semaphore, MAX_COUNT, SEMAPHORE_SIZE};
 pub use wait::{Wait, SLICE};
 
+// For the queue, which is built of the same parts.
+#[cfg(feature = "queue")]
+pub(crate) use handle::{Handle, VERSION as OBJECT_VERSION};
+#[cfg(feature = "queue")]
+pub(crate) use lock::LockState;
+#[cfg(feature = "queue")]
+pub(crate) use wait::{block_on, Step};
+
 /// How a lock was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a lock whose owner died may guard inconsistent data"]

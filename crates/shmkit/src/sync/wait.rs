@@ -3,15 +3,48 @@
 //! slices (and after a signal) that may cut the wait short.
 
 use std::sync::atomic::AtomicU32;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::sys::futex::{self, Woken};
 use crate::{Error, Result};
 
-/// How many times a wait looks again, with a CPU pause in between, before
-/// it sleeps: a hand-off that comes within a microsecond or two saves the
-/// sleep and the wake, one that does not costs little.
-pub(crate) const SPINS: u32 = 8;
+/// How long a wait looks again and again, with a CPU pause in between,
+/// before it sleeps. A sleeper that is woken takes several microseconds to
+/// run again, and its waker pays a system call: a peer that answers within
+/// this time (the other side of a ping-pong, a consumer keeping up with its
+/// producer) is seen with neither. A wait that does sleep has spent this
+/// much CPU once, which leaves a process blocked for a second far under a
+/// millisecond of CPU.
+const SPIN: Duration = Duration::from_micros(30);
+/// On a machine with one CPU the peer cannot run while we spin: a few looks
+/// only.
+const SPINS_ONE_CPU: u32 = 8;
+
+/// Looks with `look` until it gives `Some`, for at most [`SPIN`] (a few
+/// times only where no other CPU could run the process it waits for).
+pub(crate) fn spin<T>(mut look: impl FnMut() -> Option<T>) -> Option<T> {
+    static MANY_CPUS: OnceLock<bool> = OnceLock::new();
+    let many =
+        *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+    let start = Instant::now();
+    for i in 0u32.. {
+        std::hint::spin_loop();
+        if let Some(t) = look() {
+            return Some(t);
+        }
+        // The clock costs more than a look: read it every 32 looks.
+        let out = if many {
+            i % 32 == 31 && start.elapsed() >= SPIN
+        } else {
+            i + 1 >= SPINS_ONE_CPU
+        };
+        if out {
+            break;
+        }
+    }
+    None
+}
 
 /// The longest sleep between two runs of the interruption hook (and two
 /// checks of a barrier's parties). Long enough that a process blocked for
@@ -168,8 +201,8 @@ pub(crate) enum Step<T> {
     Retry,
 }
 
-/// Runs `attempt` until it succeeds or the wait's limits end it: first up
-/// to [`SPINS`] times without sleeping (`attempt(false)`: it should only
+/// Runs `attempt` until it succeeds or the wait's limits end it: first for
+/// up to [`SPIN`] without sleeping (`attempt(false)`: it should only
 /// try), then with sleeps in between (`attempt(true)`: it should announce
 /// itself as a sleeper before naming the value to sleep on). `Ok(None)`
 /// when the deadline passed.
@@ -184,11 +217,12 @@ pub(crate) fn block_on<T>(
     if !wait.block {
         return Ok(None);
     }
-    for _ in 0..SPINS {
-        std::hint::spin_loop();
-        if let Step::Done(t) = attempt(false) {
-            return Ok(Some(t));
-        }
+    let spun = spin(|| match attempt(false) {
+        Step::Done(t) => Some(t),
+        _ => None,
+    });
+    if let Some(t) = spun {
+        return Ok(Some(t));
     }
     loop {
         match attempt(true) {

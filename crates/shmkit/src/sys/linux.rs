@@ -356,6 +356,14 @@ pub(crate) fn try_lock_exclusive(fd: impl AsFd) -> Result<(), Errno> {
     fs::flock(fd, fs::FlockOperation::NonBlockingLockExclusive)
 }
 
+/// The names in `/dev/shm` (a queue's unlink looks for its buffers' names).
+#[cfg(feature = "queue")]
+pub(crate) fn shm_entries() -> std::io::Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(SHM_DIR)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect()
+}
+
 /// The pids in `/proc`.
 pub(crate) fn pids() -> std::io::Result<Vec<u32>> {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")?
