@@ -315,10 +315,10 @@ def _attach(name, ino, readonly, track=True):
 # -- travel by name ----------------------------------------------------------
 
 
-def _reduce(a):
+def _reduce(a, protocol=DEFAULT_PROTOCOL):
     seg = _segment_of(a)
     if seg is None:
-        return a.__reduce_ex__(DEFAULT_PROTOCOL)
+        return a.__reduce_ex__(protocol)
     offset = a.__array_interface__["data"][0] - seg.address
     dt = a.dtype
     if dt.names is None and dt.subdtype is None and dt.kind in _SIMPLE_KINDS:
@@ -327,6 +327,12 @@ def _reduce(a):
     seg.begin_transfer(PIN_SECONDS)
     _pin(seg)
     return _rebuild, (seg.name, seg.ino, offset, a.shape, a.strides, dt, readonly)
+
+
+# A copyreg reducer is not told the pickler's protocol; a pickler that
+# knows it (shmkit.queues' protocol-5 pickler) passes it, so that arrays
+# outside shmkit memory still travel out of band there.
+_reduce.takes_protocol = True
 
 
 def _rebuild(name, ino, offset, shape, strides, dtype, readonly):

@@ -23,6 +23,7 @@ Differences from the stdlib are listed in ``docs/compat.md``.
 from __future__ import annotations
 
 import copyreg
+import functools
 import pickle
 from queue import Empty, Full
 
@@ -48,6 +49,9 @@ def _make_pickler(buffer_callback):
 
     table = copyreg.dispatch_table.copy()
     table.update(ForkingPickler._extra_reducers)
+    for cls_, reduce in table.items():
+        if getattr(reduce, "takes_protocol", False):
+            table[cls_] = functools.partial(reduce, protocol=5)
     cls = type("_QueuePickler", (pickle.Pickler,), {"dispatch_table": table})
     chunks = []
     file = _File()

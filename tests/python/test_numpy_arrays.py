@@ -396,8 +396,10 @@ def test_a_typical_program_leaves_nothing_and_says_nothing():
         if __name__ == '__main__':
             big = snp.array(np.arange(1 << 16, dtype=np.float64), name={name!r})
             kept = big[::3]
-            with mp.get_context('spawn').Pool(2) as pool:
-                print(sum(pool.map(np.sum, [big[i::8] for i in range(8)])))
+            pool = mp.get_context('spawn').Pool(2)
+            print(sum(pool.map(np.sum, [big[i::8] for i in range(8)])))
+            pool.close()
+            pool.join()
             q = mp.get_context('fork').Queue()
             q.put(kept)
             got = q.get()

@@ -25,11 +25,12 @@ pub fn run(args: &Args) -> i32 {
         if let Some(status) = crate::show_array::show(&args.name, args.json) {
             return status;
         }
-        if let Some(status) = crate::show_object::show(&args.name, args.json) {
-            return status;
-        }
+        // A queue is also an object: its own decoder says more.
         if let Some(rc) = crate::show_queue::show(&args.name, args.json) {
             return rc;
+        }
+        if let Some(status) = crate::show_object::show(&args.name, args.json) {
+            return status;
         }
         match inspect::read_list(&args.name) {
             Ok(Some(list)) => return show_list(args, &list),
