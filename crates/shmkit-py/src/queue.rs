@@ -190,9 +190,7 @@ fn queue_err(e: Error, name: &str) -> PyErr {
     }
 }
 
-/// Runs `f` with the GIL released and a wait from Python's `(block,
-/// timeout)`, whose hook runs the signal handlers; an exception they
-/// raise (KeyboardInterrupt) ends the wait and is raised.
+/// Runs `f` with the GIL released, as the sync bindings' blocking calls do.
 fn blocking<T: Send>(
     py: Python<'_>,
     name: &str,
@@ -200,25 +198,7 @@ fn blocking<T: Send>(
     timeout: Option<f64>,
     f: impl FnOnce(&mut Wait<'_>) -> shmkit::Result<T> + Send,
 ) -> PyResult<T> {
-    let mut raised: Option<PyErr> = None;
-    let got = py.detach(|| {
-        let mut hook = || {
-            Python::attach(|py| match py.check_signals() {
-                Ok(()) => false,
-                Err(e) => {
-                    raised = Some(e);
-                    true
-                }
-            })
-        };
-        let mut wait = Wait::from_python(block, timeout).interruptible(&mut hook);
-        f(&mut wait)
-    });
-    match got {
-        Ok(v) => Ok(v),
-        Err(Error::Interrupted) => Err(raised.unwrap_or_else(|| PyKeyboardInterrupt::new_err(()))),
-        Err(e) => Err(queue_err(e, name)),
-    }
+    crate::sync::blocking_with(py, block, timeout, f, |e| queue_err(e, name))
 }
 
 /// A large `bytes`, `bytearray` or `memoryview` item, wrapped so that its

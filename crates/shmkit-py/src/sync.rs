@@ -77,6 +77,18 @@ fn blocking<T: Send>(
     timeout: Option<f64>,
     f: impl FnOnce(&mut Wait<'_>) -> shmkit::Result<T> + Send,
 ) -> PyResult<T> {
+    blocking_with(py, block, timeout, f, |e| sync_err(py, e, name))
+}
+
+/// [`blocking`], with `to_err` turning the other failures into exceptions
+/// (the queue's bindings share it).
+pub(crate) fn blocking_with<T: Send>(
+    py: Python<'_>,
+    block: bool,
+    timeout: Option<f64>,
+    f: impl FnOnce(&mut Wait<'_>) -> shmkit::Result<T> + Send,
+    to_err: impl FnOnce(Error) -> PyErr,
+) -> PyResult<T> {
     let mut raised: Option<PyErr> = None;
     let got = py.detach(|| {
         let mut hook = || {
@@ -94,7 +106,7 @@ fn blocking<T: Send>(
     match got {
         Ok(t) => Ok(t),
         Err(Error::Interrupted) => Err(raised.unwrap_or_else(|| PyKeyboardInterrupt::new_err(()))),
-        Err(e) => Err(sync_err(py, e, name)),
+        Err(e) => Err(to_err(e)),
     }
 }
 
