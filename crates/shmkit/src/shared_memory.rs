@@ -73,6 +73,10 @@ pub struct Options {
     /// and most segments were reserved by their creator.
     reserve_open: bool,
     track: bool,
+    /// Whether the tracker cleans up without a leak warning (see
+    /// `tracker::QUIET`): set by the object types whose clean-up at exit is
+    /// how they are meant to end.
+    quiet: bool,
 }
 
 impl Default for Options {
@@ -82,6 +86,7 @@ impl Default for Options {
             reserve: true,
             reserve_open: false,
             track: false,
+            quiet: false,
         }
     }
 }
@@ -161,6 +166,12 @@ impl Options {
         self
     }
 
+    /// Tracking, if on, cleans up without CPython's leak warning.
+    pub(crate) fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
     /// Creates a segment of `size` bytes under a fresh `psm_xxxxxxxx` name,
     /// retrying while generated names collide.
     pub fn create(&self, size: usize) -> Result<SharedMemory> {
@@ -205,12 +216,14 @@ impl Options {
         if let Some(size) = size {
             check_size(size)?;
         }
-        // A tracked create is recorded before the file exists, so a SIGKILL
-        // at any moment from here on leaves the watcher something to find.
-        let intent = if self.track && disposition != Disposition::Open {
-            crate::tracker::intend(bare)
-        } else {
-            None
+        // A tracked create or attach is recorded before the file is open
+        // here, so a SIGKILL at any moment from here on leaves the watcher
+        // something to find. Only an exclusive create knows the file will
+        // be new; the others take whatever is under the name.
+        let intent = match (self.track, disposition) {
+            (false, _) => None,
+            (true, Disposition::CreateNew) => crate::tracker::intend_create(bare, self.quiet),
+            (true, _) => crate::tracker::intend_attach(bare, self.quiet),
         };
         let mut fd = sys::shm_open(bare, disposition, self.mode).map_err(|e| {
             // A directory: EINVAL, as glibc's shm_open (and so CPython)
@@ -238,7 +251,7 @@ impl Options {
                     };
                     // Registered before the intent is dropped, so one of
                     // the two always covers the file.
-                    ino.is_some_and(|ino| crate::tracker::register(bare, ino))
+                    ino.is_some_and(|ino| crate::tracker::register(bare, ino, self.quiet))
                 };
                 drop(intent);
                 Ok(SharedMemory {
@@ -246,6 +259,7 @@ impl Options {
                     region,
                     fd,
                     tracked,
+                    quiet: self.quiet,
                 })
             }
             Err(err) => {
@@ -438,6 +452,8 @@ pub struct SharedMemory {
     fd: OwnedFd,
     /// Registered with this process's leak tracker.
     tracked: bool,
+    /// Whether its tracking is quiet ([`Options::quiet`]).
+    quiet: bool,
 }
 
 impl SharedMemory {
@@ -536,7 +552,7 @@ impl SharedMemory {
         if self.tracked {
             crate::tracker::unregister(&self.name);
             let ino = sys::fstat(&self.fd).map_or(0, |st| st.st_ino);
-            self.tracked = crate::tracker::register(&new, ino);
+            self.tracked = crate::tracker::register(&new, ino, self.quiet);
         }
         self.name = new;
         Ok(())

@@ -46,6 +46,11 @@ fn child_helper() {
     }
     let shm = if mode.starts_with("create") {
         opts.create_named(name, 4096).unwrap()
+    } else if mode.contains("reserve") {
+        // Reserving a large sparse segment's pages holds the attach between
+        // its open and its registration for a while.
+        println!("opening {name}");
+        opts.clone().reserve(true).open(name).unwrap()
     } else {
         opts.open(name).unwrap()
     };
@@ -464,4 +469,61 @@ fn a_segment_a_live_process_holds_is_not_retried() {
         err.contains("still open in another process"),
         "stderr: {err}"
     );
+}
+
+/// A tracked attach is covered from before its open: an attacher killed
+/// while it reserves a large sparse segment's pages, before it could
+/// register the name, still has its watcher clean the segment up.
+#[test]
+fn an_attacher_killed_mid_attach_still_has_it_cleaned_up() {
+    let name = unique("midattach");
+    drop(
+        Options::new()
+            .reserve(false)
+            .create_named(&name, 512 << 20)
+            .unwrap(),
+    );
+    // `spawn` returns on the child's "opening" line, just before its attach.
+    let mut child = spawn("attach-reserve", &name);
+    std::thread::sleep(Duration::from_millis(5));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut rest = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    let err = stderr_of(&mut child);
+    let gone = gone_within(&name, Duration::from_secs(2));
+    cleanup(&name);
+    assert!(
+        !rest.contains(&name),
+        "the attach finished before the kill, so this proves nothing: {rest}"
+    );
+    assert!(
+        gone,
+        "left behind by an attacher killed mid-attach; stderr: {err}"
+    );
+}
+
+/// Two processes that hold one tracked segment die at the same moment:
+/// their watchers judge it at once, and neither may take the other's
+/// probe for a user and leave the segment behind.
+#[test]
+fn processes_dying_together_leave_nothing() {
+    for round in 0..20 {
+        let name = unique("together");
+        let mut creator = spawn("create", &name);
+        let mut attacher = spawn("attach", &name);
+        creator.kill().unwrap();
+        attacher.kill().unwrap();
+        creator.wait().unwrap();
+        attacher.wait().unwrap();
+        let err = stderr_of(&mut creator) + &stderr_of(&mut attacher);
+        let gone = gone_within(&name, Duration::from_secs(2));
+        cleanup(&name);
+        assert!(gone, "round {round}: left behind; stderr: {err}");
+    }
 }

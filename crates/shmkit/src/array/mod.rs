@@ -87,6 +87,8 @@ impl Array {
         };
         let desc = Descriptor::new(dtype, shape, order, readonly)
             .map_err(|r| bad(r, name.unwrap_or("")))?;
+        // An array left at exit is cleaned up as intended, not leaked.
+        let opts = opts.clone().quiet();
         let shm = match name {
             Some(name) => opts.create_named(name, desc.segment_size())?,
             None => opts.create(desc.segment_size())?,
@@ -99,9 +101,6 @@ impl Array {
         }
         shm.write_at(object::HEADER_SIZE, &desc.encode())?;
         object::publish(shm.region(), Kind::Array, VERSION)?;
-        if shm.is_tracked() {
-            crate::tracker::quiet(shm.name());
-        }
         Ok(Array {
             shm,
             desc,
@@ -118,7 +117,7 @@ impl Array {
     /// [`Error::WrongKind`] for a segment that is no array and
     /// [`Error::BadArray`] for one whose descriptor does not hold up.
     pub fn open_with(opts: &Options, name: &str) -> crate::Result<Array> {
-        let shm = opts.open(name)?;
+        let shm = opts.clone().quiet().open(name)?;
         object::read(shm.region(), shm.name(), Kind::Array)?;
         let head = shm.read_vec(0, DESCRIPTOR_END.min(shm.size()))?;
         let desc =
@@ -126,9 +125,6 @@ impl Array {
                 name: shm.name().to_owned(),
                 reason,
             })?;
-        if shm.is_tracked() {
-            crate::tracker::quiet(shm.name());
-        }
         let writable = !desc.readonly;
         Ok(Array {
             shm,

@@ -51,8 +51,8 @@ use crate::sys::{self, tracking, SharedMapping};
 /// tree. Pages are touched only where names land, so the 4 MiB reservation
 /// costs little.
 const SLOTS: usize = 1 << 14;
-/// A slot: state (4 bytes), name length (4), inode (8), intent time (8),
-/// name (up to 255 bytes + pad).
+/// A slot: state (4 bytes), name length and flags (4: see [`QUIET`]),
+/// inode (8), intent time (8), name (up to 255 bytes + pad).
 const SLOT_SIZE: usize = NAME_AT + 256;
 /// Where in a slot the segment's inode number is kept (0: not known yet).
 const INO_AT: usize = 8;
@@ -103,14 +103,25 @@ const WRITING: u32 = 1;
 const VALID: u32 = 2;
 /// Was used; free for a new name, but lookups go on past it.
 const DELETED: u32 = 3;
-/// A create under this name is under way: written before `shm_open`, so
-/// that a SIGKILL between the file's birth and its registration (a large
-/// reservation takes a while) cannot leak it. Not a set member: each
-/// create has its own slot, dropped once the name is registered (`VALID`,
-/// with its inode) or the create failed. The watcher takes the file for
-/// ours only if it was born no earlier than the intent's time
-/// (`watcher::born_since`).
+/// A create or attach under this name is under way: written before
+/// `shm_open`, so that a SIGKILL between the open and the registration (a
+/// large reservation takes a while, and a process's first registration
+/// starts its watcher) cannot leak the segment. Not a set member: each
+/// create or attach has its own slot, dropped once the name is registered
+/// (`VALID`, with its inode) or the call failed. For a create, the watcher
+/// takes the file for ours only if it was born no earlier than the
+/// intent's time (`watcher::born_since`); an attach's time is
+/// [`ANY_BIRTH`].
 const INTENT: u32 = 4;
+/// An attach intent's time: whatever file is under the name is the one the
+/// attach was to register, so it is judged as a registration would be.
+const ANY_BIRTH: u64 = 0;
+/// In a slot's name-length word: the watcher cleans the segment up without
+/// CPython's leak warning. For segments whose clean-up at exit is how they
+/// are meant to end (arrays that travel by name), not a leak to warn about.
+const QUIET: u32 = 1 << 31;
+/// The name's length in a slot's name-length word.
+const LEN_MASK: u32 = 0xffff;
 
 /// The table shared by this process, its fork children and the watcher.
 /// Slots are claimed with atomic compare-and-swap; every access goes
@@ -235,9 +246,14 @@ impl<'m> Table<'m> {
         self.0.u64_at(8 * w)
     }
 
-    /// The length word of slot `i`'s name.
-    fn name_len(&self, i: usize) -> &'m AtomicU32 {
+    /// The length word of slot `i`'s name, with its flags ([`QUIET`]).
+    fn name_word(&self, i: usize) -> &'m AtomicU32 {
         self.0.u32_at(Self::slot(i) + 4)
+    }
+
+    /// The length of slot `i`'s name, as written (unchecked).
+    fn name_len(&self, i: usize) -> usize {
+        (self.name_word(i).load(Ordering::Relaxed) & LEN_MASK) as usize
     }
 
     fn mark_used(&self, i: usize) {
@@ -262,7 +278,7 @@ impl<'m> Table<'m> {
 
     /// The name in slot `i` (only meaningful while its state is `VALID`).
     fn name(&self, i: usize) -> Name {
-        let len = (self.name_len(i).load(Ordering::Relaxed) as usize).min(255);
+        let len = self.name_len(i).min(255);
         let mut name = Name {
             len: len as u8,
             bytes: [0; 255],
@@ -275,16 +291,18 @@ impl<'m> Table<'m> {
     /// Whether slot `i` holds `name`, without copying it: lookups compare
     /// many slots, most of which differ in length or first bytes.
     fn name_is(&self, i: usize, name: &[u8]) -> bool {
-        self.name_len(i).load(Ordering::Relaxed) as usize == name.len()
+        self.name_len(i) == name.len()
             && name.len() <= 255
             && self.0.bytes_eq(Self::slot(i) + NAME_AT, name)
     }
 
     /// Writes `name` (at most 255 bytes) into slot `i`, which the caller
     /// claimed (state `WRITING`), so nobody else writes it.
-    fn write_name(&self, i: usize, name: &[u8]) {
+    fn write_name(&self, i: usize, name: &[u8], quiet: bool) {
         let name = &name[..name.len().min(255)];
-        self.name_len(i).store(name.len() as u32, Ordering::Relaxed);
+        let flags = if quiet { QUIET } else { 0 };
+        self.name_word(i)
+            .store(name.len() as u32 | flags, Ordering::Relaxed);
         self.0.write_bytes(Self::slot(i) + NAME_AT, name);
     }
 
@@ -327,15 +345,16 @@ impl<'m> Table<'m> {
     /// Adds `name` unless it is there already (a set, as CPython's tracker
     /// keeps: attaching a hundred times registers once), with the inode of
     /// the file it names now: a name registered earlier for a file since
-    /// unlinked now stands for this one.
-    fn insert(&self, name: &[u8], ino: u64) -> bool {
-        self.claim(name, VALID, ino, 0).is_some()
+    /// unlinked now stands for this one. A quiet insert makes the name
+    /// quiet; a loud one leaves it as it was.
+    fn insert(&self, name: &[u8], ino: u64, quiet: bool) -> bool {
+        self.claim(name, VALID, ino, 0, quiet).is_some()
     }
 
     /// Writes an intent for `name` (see [`INTENT`]) in a slot of its own;
     /// returns the slot.
-    fn insert_intent(&self, name: &[u8], since: u64) -> Option<usize> {
-        self.claim(name, INTENT, 0, since)
+    fn insert_intent(&self, name: &[u8], since: u64, quiet: bool) -> Option<usize> {
+        self.claim(name, INTENT, 0, since, quiet)
     }
 
     /// Drops the intent in slot `i`.
@@ -349,7 +368,7 @@ impl<'m> Table<'m> {
         }
     }
 
-    fn claim(&self, name: &[u8], new: u32, ino: u64, since: u64) -> Option<usize> {
+    fn claim(&self, name: &[u8], new: u32, ino: u64, since: u64, quiet: bool) -> Option<usize> {
         let start = Self::start(name);
         for _ in 0..8 {
             let mut free = None;
@@ -359,6 +378,9 @@ impl<'m> Table<'m> {
                     VALID if new == VALID && self.name_is(i, name) => {
                         if self.ino(i) != ino {
                             self.slot_word(i, INO_AT).store(ino, Ordering::Release);
+                        }
+                        if quiet {
+                            self.name_word(i).fetch_or(QUIET, Ordering::Release);
                         }
                         return Some(i);
                     }
@@ -382,7 +404,7 @@ impl<'m> Table<'m> {
                     .is_ok()
             {
                 self.mark_used(i);
-                self.write_name(i, name);
+                self.write_name(i, name, quiet);
                 self.slot_word(i, INO_AT).store(ino, Ordering::Relaxed);
                 self.slot_word(i, SINCE_AT).store(since, Ordering::Relaxed);
                 state.store(new, Ordering::Release);
@@ -414,24 +436,9 @@ impl<'m> Table<'m> {
         }
     }
 
-    /// Marks every registration of `name` quiet (see [`quiet`]).
-    fn set_quiet(&self, name: &[u8]) {
-        let start = Self::start(name);
-        for k in 0..SLOTS {
-            let i = (start + k) & (SLOTS - 1);
-            match self.state(i).load(Ordering::Acquire) {
-                EMPTY => return,
-                VALID if self.name_is(i, name) => {
-                    self.slot_word(i, SINCE_AT).store(QUIET, Ordering::Release);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Whether slot `i` is a quiet registration.
+    /// Whether slot `i` (a registration or an intent) is quiet.
     fn is_quiet(&self, i: usize) -> bool {
-        self.state(i).load(Ordering::Acquire) == VALID && self.since(i) == QUIET
+        self.name_word(i).load(Ordering::Acquire) & QUIET != 0
     }
 
     /// Removes every slot holding `name` (a set, as CPython's tracker keeps).
@@ -534,21 +541,23 @@ impl Tracker {
 }
 
 /// Registers the validated (bare) `name`, whose file has inode `ino`,
-/// with this process's watcher, starting it if needed. Returns whether the
-/// name is now tracked.
-pub(crate) fn register(bare: &str, ino: u64) -> bool {
+/// with this process's watcher, starting it if needed; `quiet` (see
+/// [`QUIET`]) if its clean-up at exit is no leak. Returns whether the name
+/// is now tracked.
+pub(crate) fn register(bare: &str, ino: u64, quiet: bool) -> bool {
     let Some(t) = tracker() else {
         return false;
     };
     if t.check_due() && !t.watcher_alive() {
         t.relaunch();
     }
-    t.table.insert(bare.as_bytes(), ino)
+    t.table.insert(bare.as_bytes(), ino, quiet)
 }
 
-/// A create of a tracked segment under way (see [`INTENT`]); dropping it
-/// drops the record, so it must live until the name is registered or the
-/// create has failed (and what it made is unlinked).
+/// A create or attach of a tracked segment under way (see [`INTENT`]);
+/// dropping it drops the record, so it must live until the name is
+/// registered or the call has failed (and what a create made is
+/// unlinked).
 pub(crate) struct Intent {
     slot: usize,
 }
@@ -561,35 +570,30 @@ impl Drop for Intent {
     }
 }
 
-/// Records, before `shm_open(O_CREAT)`, that this process is about to
-/// create `bare`; None if the tracker is unavailable or full (the create
-/// then goes on untracked until it registers).
-pub(crate) fn intend(bare: &str) -> Option<Intent> {
+/// Records, before `shm_open(O_CREAT | O_EXCL)`, that this process is
+/// about to create `bare`; None if the tracker is unavailable or full (the
+/// create then goes on untracked until it registers).
+pub(crate) fn intend_create(bare: &str, quiet: bool) -> Option<Intent> {
+    // The coarse clock is the one tmpfs stamps a new file's birth with, so
+    // a file this create makes is never stamped earlier than this.
+    intend(bare, Some(tracking::coarse_now_ns()), quiet)
+}
+
+/// Records, before `shm_open`, that this process is about to attach `bare`
+/// (or create it if missing) with tracking. Also starts the watcher before
+/// the segment is open here, so that the fork does not copy its descriptor.
+pub(crate) fn intend_attach(bare: &str, quiet: bool) -> Option<Intent> {
+    intend(bare, None, quiet)
+}
+
+fn intend(bare: &str, since: Option<u64>, quiet: bool) -> Option<Intent> {
     let t = tracker()?;
     if t.check_due() && !t.watcher_alive() {
         t.relaunch();
     }
-    // The coarse clock is the one tmpfs stamps a new file's birth with, so
-    // a file this create makes is never stamped earlier than this.
-    let since = tracking::coarse_now_ns();
-    let slot = t.table.insert_intent(bare.as_bytes(), since)?;
+    let since = since.unwrap_or(ANY_BIRTH);
+    let slot = t.table.insert_intent(bare.as_bytes(), since, quiet)?;
     Some(Intent { slot })
-}
-
-/// Kept in a registration's intent-time word, which only intents use: the
-/// watcher cleans the segment up without CPython's leak warning.
-const QUIET: u64 = u64::MAX;
-
-/// Makes the watcher clean up the registered segment `name` silently: for
-/// segments whose clean-up at exit is how they are meant to end (arrays
-/// that travel by name), not a leak to warn about.
-pub fn quiet(name: &str) {
-    let Ok(bare) = crate::name::validate(name) else {
-        return;
-    };
-    if let Some(Some(t)) = TRACKER.get() {
-        t.table.set_quiet(bare.as_bytes());
-    }
 }
 
 /// Stops tracking the segment `name` in this process (and its fork

@@ -87,7 +87,7 @@ fn read_table(path: &std::path::Path, seen: &mut HashSet<(u64, u64)>) -> Option<
 
 /// Slot `i`'s name, if it is one.
 fn copy_name(table: &Table, i: usize) -> Option<String> {
-    let len = table.name_len(i).load(Ordering::Relaxed);
+    let len = table.name_len(i);
     if len == 0 || len > 255 {
         return None;
     }

@@ -416,6 +416,6 @@ pub(super) fn register(name: &str) {
         // The inode ties the registration to this file, not to whatever a
         // later create puts under the name (0, unknown, if it is gone).
         let ino = sys::shm_stat(bare).map_or(0, |st| st.key.2);
-        crate::tracker::register(bare, ino);
+        crate::tracker::register(bare, ino, false);
     }
 }

@@ -50,10 +50,11 @@ fn is_mark_start(start: &[u8]) -> bool {
 }
 
 /// Whether every process that holds a `flock` on the segment `key` is
-/// exiting, per `/proc/locks`: one that died with ours and is still closing
-/// its files, after which a retry finds the segment free. A live holder
-/// makes it that process's business (it may be about to unlink it
-/// itself), so no retry. True when it cannot be told.
+/// exiting, per `/proc/locks` (one that died with ours and is still closing
+/// its files), or is another watcher judging the segment at this moment
+/// (its probe's `LOCK_EX`): either way a retry may find the segment free.
+/// A live holder makes it that process's business (it may be about to
+/// unlink it itself), so no retry. True when it cannot be told.
 pub(super) fn held_only_by_exiting(key: Key) -> bool {
     let mut live_holder = false;
     each_line(c"/proc/locks", |line| {
@@ -63,11 +64,22 @@ pub(super) fn held_only_by_exiting(key: Key) -> bool {
         if line.split(|&b| b == b' ').any(|f| f == b"FLOCK") && is_lock_file(file, key) {
             live_holder = parse_dec(pid)
                 .and_then(|p| i32::try_from(p).ok())
-                .is_some_and(|p| !exiting_now(p));
+                .is_some_and(|p| !exiting_now(p) && !judging(p, key));
         }
         !live_holder
     });
     !live_holder
+}
+
+/// Whether process `pid` is a watcher judging the segment `key`: it has a
+/// descriptor of it that holds a "cleanup pending" mark.
+fn judging(pid: i32, key: Key) -> bool {
+    let mut marked = false;
+    let _ = proc_nalloc::each_shm_fd(pid, |fd, (major, minor, ino)| {
+        marked = (major, minor, ino) == (key.major, key.minor, key.ino) && holds_mark(pid, fd);
+        !marked
+    });
+    marked
 }
 
 /// What a look at a segment's users found, from the weakest claim on it to
@@ -77,7 +89,7 @@ pub(super) enum Users {
     /// Nobody but us.
     None,
     /// Only processes that are exiting (died with ours, still closing
-    /// their files): worth a retry.
+    /// their files), or another watcher judging it too: worth a retry.
     Exiting,
     /// A process that could have it open could not be inspected (another
     /// user's, without privilege): kept, as no use is not proven.
@@ -92,16 +104,24 @@ pub(super) enum Users {
 /// process this one may inspect, read from `/proc` with stack buffers only.
 /// A watcher's descriptors that hold a "cleanup pending" mark are not
 /// uses: they are how watchers judge, and two watchers judging the same
-/// segment must not keep it for each other.
+/// segment must not keep it for each other. While another watcher judges
+/// it, its descriptor defeats the lease and its probe's `flock` looks
+/// like a use, so what cannot be told is worth a retry once it is done.
 pub(super) fn users_of(key: Key, uid: u32, mode: u32) -> Users {
     // A pid is positive and below 2^22 (`pid_max`), so it fits an i32.
     let me = crate::sys::own_pid() as i32;
     let mut found = Users::None;
+    // Our own probe's descriptor holds one mark; more are other watchers'.
+    let mut marks = 0;
     each_line(c"/proc/locks", |line| {
         let Some((pid, file, start)) = lock_fields(line) else {
             return true;
         };
-        if !is_lock_file(file, key) || is_mark_start(start) {
+        if !is_lock_file(file, key) {
+            return true;
+        }
+        if is_mark_start(start) {
+            marks += 1;
             return true;
         }
         // The kernel prints -1 for an OFD lock, 0 for another namespace's
@@ -110,7 +130,8 @@ pub(super) fn users_of(key: Key, uid: u32, mode: u32) -> Users {
         if pid == i64::from(me) {
             return true; // our own probe's flock
         }
-        let exiting = i32::try_from(pid).is_ok_and(|p| p > 0 && exiting_now(p));
+        let exiting =
+            i32::try_from(pid).is_ok_and(|p| p > 0 && (exiting_now(p) || judging(p, key)));
         found = found.max(if exiting { Users::Exiting } else { Users::Live });
         found != Users::Live
     });
@@ -124,7 +145,10 @@ pub(super) fn users_of(key: Key, uid: u32, mode: u32) -> Users {
         found != Users::Live
     });
     if listed.is_err() {
-        return Users::Unknown;
+        found = Users::Unknown;
+    }
+    if found == Users::Unknown && marks > 1 {
+        return Users::Exiting;
     }
     found
 }
