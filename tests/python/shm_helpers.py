@@ -261,6 +261,25 @@ def _held_by(pids, paths):
     return held
 
 
+def holders_of(name):
+    """For a failure message: each live process that has segment ``name``
+    open or mapped, with its state, parent and command line."""
+    path = shm_path(name)
+    out = []
+    for pid in _process_parents():
+        if path not in _held_by([pid], {path}):
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except OSError:
+            continue
+        out.append(f"{pid} {status.get('State', '?').strip()} ppid {status.get('PPid', '?').strip()}: {cmd}")
+    return out or ["(no live process holds it)"]
+
+
 def _held_by_outsiders(names):
     """The subset of ``names`` that a live process outside this process's
     tree has open or mapped."""

@@ -471,9 +471,13 @@ def test_sigkill_of_holders_at_random_moments_leaves_nothing(method):
             p.wait(10)
             # Children not killed yet exit once orphaned, and let go.
             ok = h.wait_gone(name, 2)
+            held = [] if ok else h.holders_of(name)
             if not ok:
                 h.remove_segment(name)
-            assert ok, f"round {round_}: {name} left after the holders died (delay {delay:.3f})"
+            assert ok, (
+                f"round {round_}: {name} left after the holders died "
+                f"(delay {delay:.3f}, owner {p.pid}, children {kids}): {held}"
+            )
             time.sleep(0.05)
             err.seek(0)
             text = err.read()
