@@ -11,10 +11,10 @@
 //! * a *tracked* handle also writes its name and inode into a table that
 //!   this process shares (`MAP_SHARED` memory, no syscall) with a small
 //!   watcher process, forked from this library the first time something is
-//!   tracked. A tracked create writes an intent first, before the file
-//!   exists, so that no SIGKILL between the two leaks it; the inode (or,
-//!   for an intent, the file's birth time) keeps the watcher off a file
-//!   someone else made under the same name;
+//!   tracked. A tracked create or attach writes an intent first, before
+//!   it opens the file, so that no SIGKILL between the two leaks it; the
+//!   inode (or, for a create's intent, the file's birth time) keeps the
+//!   watcher off a file someone else made under the same name;
 //! * the watcher blocks reading a pipe whose write end only this process (and
 //!   its fork children) hold. End of file means they are all gone. It then
 //!   judges each segment still in the table: `flock(LOCK_EX | LOCK_NB)`
