@@ -167,6 +167,7 @@ impl Options {
     }
 
     /// Tracking, if on, cleans up without CPython's leak warning.
+    #[cfg(feature = "array")]
     pub(crate) fn quiet(mut self) -> Self {
         self.quiet = true;
         self
