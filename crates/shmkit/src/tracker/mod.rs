@@ -576,22 +576,21 @@ impl Drop for Intent {
 pub(crate) fn intend_create(bare: &str, quiet: bool) -> Option<Intent> {
     // The coarse clock is the one tmpfs stamps a new file's birth with, so
     // a file this create makes is never stamped earlier than this.
-    intend(bare, Some(tracking::coarse_now_ns()), quiet)
+    intend(bare, tracking::coarse_now_ns(), quiet)
 }
 
 /// Records, before `shm_open`, that this process is about to attach `bare`
 /// (or create it if missing) with tracking. Also starts the watcher before
 /// the segment is open here, so that the fork does not copy its descriptor.
 pub(crate) fn intend_attach(bare: &str, quiet: bool) -> Option<Intent> {
-    intend(bare, None, quiet)
+    intend(bare, ANY_BIRTH, quiet)
 }
 
-fn intend(bare: &str, since: Option<u64>, quiet: bool) -> Option<Intent> {
+fn intend(bare: &str, since: u64, quiet: bool) -> Option<Intent> {
     let t = tracker()?;
     if t.check_due() && !t.watcher_alive() {
         t.relaunch();
     }
-    let since = since.unwrap_or(ANY_BIRTH);
     let slot = t.table.insert_intent(bare.as_bytes(), since, quiet)?;
     Some(Intent { slot })
 }
